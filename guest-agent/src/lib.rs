@@ -1,0 +1,1 @@
+//! joulebridge guest agent.

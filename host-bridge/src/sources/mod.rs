@@ -1,0 +1,3 @@
+//! Sources: where data comes from. Guest agents (over vsock, Unix or TCP) and host power.
+
+pub mod power;
