@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2054,SC2317  # commas are QEMU option syntax; cleanup runs from a trap
 # Boot the rig's guest under QEMU (TCG) with a vhost-user vsock device served by
 # vhost-device-vsock. A guest connect(AF_VSOCK, CID 2, port P) reaches the host as a connection
 # to the Unix socket <dir>/vm.vsock_P, so bind your listener there BEFORE calling this script (a
@@ -18,7 +19,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$here/../.." && pwd)
 cache=${JB_VM_RIG_CACHE:-$repo_root/target/vm-rig-cache}
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { if (!/^# shellcheck/) { sub(/^# ?/, ""); print } next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 die() { printf 'boot-qemu: error: %s\n' "$*" >&2; exit 1; }
 
 initrd='' dir='' timeout_s=120 mem=256 append='' console=0

@@ -15,7 +15,7 @@ cache=${JB_VM_RIG_CACHE:-$repo_root/target/vm-rig-cache}
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
     vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
 
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { if (!/^# shellcheck/) { sub(/^# ?/, ""); print } next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 die() { printf 'build-initramfs: error: %s\n' "$*" >&2; exit 1; }
 
 out='' agent='' run_seconds=10 agent_args=()

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC1091,SC2013  # /rig/config exists only in the guest; module names have no spaces
 # /init of the rig's guest (busybox ash, PID 1). Packed into the base initramfs by
 # build-initramfs.sh; the small per-run archive adds /rig/config and /rig/agent.sh.
 #

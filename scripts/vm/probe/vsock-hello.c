@@ -7,6 +7,9 @@
  *
  * Build: gcc -static -O2 -o vsock-hello vsock-hello.c
  * Usage: vsock-hello <port> [attempts]
+ *        vsock-hello --connect vsock://2:<port> [ignored agent flags...]
+ * The second form accepts the guest agent's command line, so the probe can stand in for the
+ * agent under its systemd unit (scripts/debian) and check that the unit's sandbox allows AF_VSOCK.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -35,8 +38,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s <port> [attempts]\n", argv[0]);
         return 2;
     }
-    unsigned port = (unsigned)strtoul(argv[1], NULL, 10);
-    int attempts = argc > 2 ? atoi(argv[2]) : 10;
+    unsigned port;
+    int attempts = 10;
+    if (strcmp(argv[1], "--connect") == 0) {
+        const char *colon = argc > 2 ? strrchr(argv[2], ':') : NULL;
+        if (!colon || strncmp(argv[2], "vsock://2:", 10) != 0) {
+            fprintf(stderr, "vsock-hello: --connect wants vsock://2:<port>\n");
+            return 2;
+        }
+        port = (unsigned)strtoul(colon + 1, NULL, 10);
+        attempts = 60;
+    } else {
+        port = (unsigned)strtoul(argv[1], NULL, 10);
+        if (argc > 2) attempts = atoi(argv[2]);
+    }
     struct sockaddr_vm addr = {
         .svm_family = AF_VSOCK,
         .svm_cid = VMADDR_CID_HOST,
