@@ -23,6 +23,9 @@ repo_root=$(cd "$here/../.." && pwd)
 usage() { awk 'NR > 1 && /^#/ { if (!/^# shellcheck/) { sub(/^# ?/, ""); print } next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 log() { printf 'build-debian-image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# True when the ELF file asks for a program interpreter (ld.so), i.e. needs a libc at run time.
+# (`ldd` is no test: it exits 0 on static-pie binaries.)
+is_dynamic() { LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
 
 agent='' out=$repo_root/target/debian-vm suite=bookworm arch=amd64 size=4G
 mirror=http://deb.debian.org/debian docker=1
@@ -41,7 +44,7 @@ while (($#)); do
 done
 [[ -n $agent ]] || usage
 [[ -x $agent ]] || die "agent $agent is not an executable file"
-ldd "$agent" >/dev/null 2>&1 && die "agent $agent is dynamically linked; build it for *-unknown-linux-musl"
+is_dynamic "$agent" && die "agent $agent is dynamically linked; build it for *-unknown-linux-musl"
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and chroot need it)"
 case $arch in
 amd64) kernel_pkg=linux-image-cloud-amd64 qemu_static='' ;;

@@ -23,6 +23,9 @@ apt_opts=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 
 log() { printf 'setup-rig: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# True when the ELF file asks for a program interpreter (ld.so), i.e. needs a libc at run time.
+# (`ldd` is no test: it exits 0 on static-pie binaries.)
+is_dynamic() { LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
 
 [[ $(uname -s) == Linux ]] || die "the rig needs a Linux host"
 [[ $(uname -m) == x86_64 ]] || die "the rig is written for x86_64 hosts (got $(uname -m))"
@@ -38,6 +41,9 @@ missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86 qemu-utils)
 [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -qx insmod || missing+=(busybox-static)
 command -v cpio >/dev/null || missing+=(cpio)
+# gcc + libc6-dev (libc.a): the guest's static vsock helper is built from scripts/vm/probe.
+command -v gcc >/dev/null || missing+=(gcc)
+[[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -51,7 +57,7 @@ fi
 # guest, which has no libc.
 file_out=$(LC_ALL=C od -An -c -N4 /bin/busybox | tr -d ' ')
 [[ $file_out == 177ELF ]] || die "/bin/busybox is not an ELF binary"
-if ldd /bin/busybox >/dev/null 2>&1; then
+if is_dynamic /bin/busybox; then
     die "/bin/busybox is dynamically linked; install busybox-static"
 fi
 

@@ -8,8 +8,12 @@
  * Build: gcc -static -O2 -o vsock-hello vsock-hello.c
  * Usage: vsock-hello <port> [attempts]
  *        vsock-hello --connect vsock://2:<port> [ignored agent flags...]
+ *        vsock-hello --wait-stop <port>
  * The second form accepts the guest agent's command line, so the probe can stand in for the
  * agent under its systemd unit (scripts/debian) and check that the unit's sandbox allows AF_VSOCK.
+ * The third form is the rig's stop switch: it listens on the guest's vsock <port>, and returns
+ * once the host connects (through vhost-device-vsock: `CONNECT <port>` on <dir>/vm.vsock), so
+ * the host ends a measurement when it has seen enough, whatever the emulation speed.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -33,7 +37,28 @@ static long long usage_usec(const char *cgroup) {
     return found;
 }
 
+static int wait_stop(unsigned port) {
+    struct sockaddr_vm addr = {
+        .svm_family = AF_VSOCK,
+        .svm_cid = VMADDR_CID_ANY,
+        .svm_port = port,
+    };
+    int srv = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (srv < 0) { perror("vsock-hello: socket"); return 1; }
+    if (bind(srv, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("vsock-hello: bind"); return 1; }
+    if (listen(srv, 1) != 0) { perror("vsock-hello: listen"); return 1; }
+    int fd = accept(srv, NULL, NULL);
+    if (fd < 0) { perror("vsock-hello: accept"); return 1; }
+    (void)write(fd, "stopping\n", 9);
+    close(fd);
+    close(srv);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--wait-stop") == 0) {
+        return wait_stop((unsigned)strtoul(argv[2], NULL, 10));
+    }
     if (argc < 2) {
         fprintf(stderr, "usage: %s <port> [attempts]\n", argv[0]);
         return 2;
