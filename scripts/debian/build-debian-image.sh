@@ -6,6 +6,11 @@
 #
 #   scripts/debian/build-debian-image.sh --agent <static guest-agent> [--out <dir>]
 #       [--suite bookworm] [--arch amd64|arm64] [--size 4G] [--mirror URL] [--no-docker]
+#       [--preload-image <docker image>]... [--boot-script <script>]
+#
+# --preload-image saves a local Docker image (`docker save`) into the VM, where a oneshot unit
+# loads it once dockerd runs: the VM needs no registry. --boot-script installs a script that a
+# oneshot unit runs after that on every boot (e.g. to start the containers of a measurement).
 #
 # Output in <dir> (default target/debian-vm): rootfs/ (kept for inspection), vmlinuz, initrd.img,
 # debian.raw (ext4 file system, no partition table: boot it with an external kernel and
@@ -28,7 +33,7 @@ die() { log "error: $*"; exit 1; }
 is_dynamic() { LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
 
 agent='' out=$repo_root/target/debian-vm suite=bookworm arch=amd64 size=4G
-mirror=http://deb.debian.org/debian docker=1
+mirror=http://deb.debian.org/debian docker=1 preload=() boot_script=''
 while (($#)); do
     case $1 in
     --agent) agent=$2; shift 2 ;;
@@ -38,12 +43,15 @@ while (($#)); do
     --size) size=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
     --no-docker) docker=0; shift ;;
+    --preload-image) preload+=("$2"); shift 2 ;;
+    --boot-script) boot_script=$2; shift 2 ;;
     -h | --help) usage ;;
     *) die "unknown argument $1" ;;
     esac
 done
 [[ -n $agent ]] || usage
 [[ -x $agent ]] || die "agent $agent is not an executable file"
+[[ -z $boot_script || -f $boot_script ]] || die "no boot_script script $boot_script"
 is_dynamic "$agent" && die "agent $agent is dynamically linked; build it for *-unknown-linux-musl"
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and chroot need it)"
 case $arch in
@@ -112,6 +120,47 @@ printf '# Where the agent sends its stream; see joulebridge-agent.service.\nJOUL
     install -D -m 0644 "$repo_root/linuxkit/README.md" "$rootfs/usr/local/share/doc/joulebridge/README.md"
 systemctl --root="$rootfs" enable joulebridge-agent.service
 ((docker)) && systemctl --root="$rootfs" enable docker.service
+if ((${#preload[@]})); then
+    ((docker)) || die "--preload-image needs Docker in the image"
+    mkdir -p "$rootfs/var/lib/joulebridge/images"
+    for image in "${preload[@]}"; do
+        docker save "$image" -o "$rootfs/var/lib/joulebridge/images/$(echo "$image" | tr '/:' '__').tar"
+    done
+    cat >"$rootfs/etc/systemd/system/joulebridge-preload-images.service" <<'UNIT'
+[Unit]
+Description=Load the Docker images baked into this VM (no registry needed)
+After=docker.service
+Requires=docker.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for t in /var/lib/joulebridge/images/*.tar; do docker load -i "$t"; done'
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    systemctl --root="$rootfs" enable joulebridge-preload-images.service
+fi
+if [[ -n $boot_script ]]; then
+    install -D -m 0755 "$boot_script" "$rootfs/usr/local/sbin/joulebridge-boot-script"
+    cat >"$rootfs/etc/systemd/system/joulebridge-boot-script.service" <<'UNIT'
+[Unit]
+Description=Run the image's boot script (scripts/debian/build-debian-image.sh --boot-script)
+After=docker.service joulebridge-preload-images.service joulebridge-agent.service
+Wants=joulebridge-preload-images.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/joulebridge-boot-script
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    systemctl --root="$rootfs" enable joulebridge-boot-script.service
+fi
 
 # The initramfs must find the root disk on virtio.
 printf 'virtio_pci\nvirtio_blk\next4\n' >>"$rootfs/etc/initramfs-tools/modules"
