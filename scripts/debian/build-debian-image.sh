@@ -51,7 +51,7 @@ while (($#)); do
 done
 [[ -n $agent ]] || usage
 [[ -x $agent ]] || die "agent $agent is not an executable file"
-[[ -z $boot_script || -f $boot_script ]] || die "no boot_script script $boot_script"
+[[ -z $boot_script || -f $boot_script ]] || die "no boot script $boot_script"
 is_dynamic "$agent" && die "agent $agent is dynamically linked; build it for *-unknown-linux-musl"
 [[ $(id -u) -eq 0 ]] || die "run as root (debootstrap and chroot need it)"
 case $arch in
