@@ -6,7 +6,11 @@
 #
 #   scripts/debian/build-debian-image.sh --agent <static guest-agent> [--out <dir>]
 #       [--suite bookworm] [--arch amd64|arm64] [--size 4G] [--mirror URL] [--no-docker]
-#       [--preload-image <docker image>]... [--boot-script <script>]
+#       [--preload-image <docker image>]... [--boot-script <script>] [--update]
+#
+# --update reuses <dir>/rootfs from an earlier run with the same suite, arch and packages (no
+# debootstrap, no download): it reinstalls the agent, the unit and the options below, then
+# rewrites the images. Useful after rebuilding the agent.
 #
 # --preload-image saves a local Docker image (`docker save`) into the VM, where a oneshot unit
 # loads it once dockerd runs: the VM needs no registry. --boot-script installs a script that a
@@ -33,7 +37,7 @@ die() { log "error: $*"; exit 1; }
 is_dynamic() { LC_ALL=C readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
 
 agent='' out=$repo_root/target/debian-vm suite=bookworm arch=amd64 size=4G
-mirror=http://deb.debian.org/debian docker=1 preload=() boot_script=''
+mirror=http://deb.debian.org/debian docker=1 preload=() boot_script='' update=0
 while (($#)); do
     case $1 in
     --agent) agent=$2; shift 2 ;;
@@ -43,6 +47,7 @@ while (($#)); do
     --size) size=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
     --no-docker) docker=0; shift ;;
+    --update) update=1; shift ;;
     --preload-image) preload+=("$2"); shift 2 ;;
     --boot-script) boot_script=$2; shift 2 ;;
     -h | --help) usage ;;
@@ -78,22 +83,34 @@ fi
 
 rootfs=$out/rootfs
 mkdir -p "$out"
-if [[ -d $rootfs ]]; then
+include=systemd-sysv,udev,dbus,$kernel_pkg,initramfs-tools,iproute2,ca-certificates,less,procps
+((docker)) && include+=,docker.io
+# --update reuses a rootfs debootstrapped with the same suite, arch and package list.
+reuse_ok=0
+[[ $(cat "$rootfs/.joulebridge-debootstrap" 2>/dev/null) == "$suite $arch $include" ]] && reuse_ok=1
+if ((update)) && ! ((reuse_ok)); then log "--update: no matching rootfs to reuse, building from scratch"; fi
+for m in proc sys dev/pts dev; do
+    if mountpoint -q "$rootfs/$m" 2>/dev/null; then umount "$rootfs/$m"; fi
+done
+if [[ -d $rootfs ]] && ! ((update && reuse_ok)); then
     log "removing the previous $rootfs"
-    for m in proc sys dev/pts dev; do mountpoint -q "$rootfs/$m" && umount "$rootfs/$m"; done
     rm -rf "$rootfs"
 fi
 
-include=systemd-sysv,udev,dbus,$kernel_pkg,initramfs-tools,iproute2,ca-certificates,less,procps
-((docker)) && include+=,docker.io
 start=$(date +%s)
-log "debootstrap $suite/$arch into $rootfs"
-if ((foreign)); then
-    debootstrap --arch="$arch" --variant=minbase --include="$include" --foreign "$suite" "$rootfs" "$mirror"
-    install -m 0755 "$qemu_static" "$rootfs$qemu_static"
-    chroot "$rootfs" /debootstrap/debootstrap --second-stage
+stamp="$suite $arch $include"
+if [[ -d $rootfs ]]; then
+    log "--update: reusing $rootfs (debootstrap skipped)"
 else
-    debootstrap --arch="$arch" --variant=minbase --include="$include" "$suite" "$rootfs" "$mirror"
+    log "debootstrap $suite/$arch into $rootfs"
+    if ((foreign)); then
+        debootstrap --arch="$arch" --variant=minbase --include="$include" --foreign "$suite" "$rootfs" "$mirror"
+        install -m 0755 "$qemu_static" "$rootfs$qemu_static"
+        chroot "$rootfs" /debootstrap/debootstrap --second-stage
+    else
+        debootstrap --arch="$arch" --variant=minbase --include="$include" "$suite" "$rootfs" "$mirror"
+    fi
+    echo "$stamp" >"$rootfs/.joulebridge-debootstrap"
 fi
 
 # --- configuration ------------------------------------------------------------------------------
@@ -120,6 +137,14 @@ printf '# Where the agent sends its stream; see joulebridge-agent.service.\nJOUL
     install -D -m 0644 "$repo_root/linuxkit/README.md" "$rootfs/usr/local/share/doc/joulebridge/README.md"
 systemctl --root="$rootfs" enable joulebridge-agent.service
 ((docker)) && systemctl --root="$rootfs" enable docker.service
+# Start from a clean slate for the optional units (an --update may drop them).
+for unit in joulebridge-preload-images.service joulebridge-boot-script.service; do
+    if [[ -f $rootfs/etc/systemd/system/$unit ]]; then
+        systemctl --root="$rootfs" disable "$unit" >/dev/null 2>&1 || true
+        rm -f "$rootfs/etc/systemd/system/$unit"
+    fi
+done
+rm -rf "$rootfs/var/lib/joulebridge/images" "$rootfs/usr/local/sbin/joulebridge-boot-script"
 if ((${#preload[@]})); then
     ((docker)) || die "--preload-image needs Docker in the image"
     mkdir -p "$rootfs/var/lib/joulebridge/images"
@@ -163,7 +188,9 @@ UNIT
 fi
 
 # The initramfs must find the root disk on virtio.
-printf 'virtio_pci\nvirtio_blk\next4\n' >>"$rootfs/etc/initramfs-tools/modules"
+for m in virtio_pci virtio_blk ext4; do
+    grep -qx "$m" "$rootfs/etc/initramfs-tools/modules" || echo "$m" >>"$rootfs/etc/initramfs-tools/modules"
+done
 mount --bind /proc "$rootfs/proc"
 mount --bind /sys "$rootfs/sys"
 mount --bind /dev "$rootfs/dev"
