@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use guest_agent::sources::cgroup::{CgroupError, CgroupMounts, CgroupSampler};
+use guest_agent::sources::cgroup::{CgroupError, CgroupMounts, CgroupSampler, CounterSet};
 use protocol::{Bytes, CgroupMode, ContainerCounters, CpuMicros, IoCounters};
 
 /// USER_HZ used for fake v1 trees, so expected values do not depend on the host.
@@ -468,6 +468,41 @@ fn hybrid_prefers_unified_cpu_stat_and_falls_back_to_v1() {
             read: Bytes(7),
             write: Bytes(9)
         })
+    );
+}
+
+// The cheap counter set (CPU only) on the v1 layout of the CI host: memory, IO and v1
+// throttling files exist but are not read.
+#[test]
+fn cpu_counter_set_skips_optional_files() {
+    let host = v1_separate_host();
+    let id = cid(0x12);
+    let rel = format!("docker/{id}");
+    host.cgroup(
+        &format!("/sys/fs/cgroup/cpuacct/{rel}"),
+        &cpuacct_files(7_000_000, 4, 3),
+    );
+    host.cgroup(
+        &format!("/sys/fs/cgroup/cpu/{rel}"),
+        &cpu_files(9_000, 20_000),
+    );
+    host.cgroup(
+        &format!("/sys/fs/cgroup/memory/{rel}"),
+        &[("memory.usage_in_bytes", "4096\n".to_owned())],
+    );
+    host.cgroup(&format!("/sys/fs/cgroup/blkio/{rel}"), &blkio_files(1, 2));
+
+    let mut sampler = host.sampler().with_counters(CounterSet::CPU);
+    assert_eq!(added_sorted(&mut sampler), vec![id]);
+    let c = &sample(&mut sampler)[0];
+    assert_eq!(c.cpu.usage, CpuMicros(7_000));
+    assert_eq!(c.cpu.user, CpuMicros(4 * 1_000_000 / HZ));
+    assert_eq!((c.cpu.nr_periods, c.cpu.throttled), (0, CpuMicros(0)));
+    assert_eq!((c.memory_current, c.io), (None, None));
+    assert_eq!(
+        c.cpu_limit_millicores,
+        Some(200),
+        "the limit is read at track time either way"
     );
 }
 
