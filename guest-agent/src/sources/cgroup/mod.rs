@@ -3,9 +3,10 @@
 //! Three steps, each over an injectable root so tests run on trees built in a temp dir:
 //!
 //! 1. [`CgroupMounts`] (from `/proc/self/mountinfo`) says which hierarchies exist and where.
-//! 2. [`CgroupSampler::rescan`] finds container cgroups by the names runtimes give them
-//!    ([`layout`]), plus cgroups the user named explicitly; [`CgroupSampler::track`] adds one
-//!    whose path is already known (the Docker registry reads it from `/proc/<pid>/cgroup`).
+//! 2. [`CgroupSampler::rescan`] finds container cgroups by the names runtimes give them (the
+//!    `layout` module has the table), plus cgroups the user named explicitly;
+//!    [`CgroupSampler::track`] adds one whose path is already known (the Docker registry reads
+//!    it from `/proc/<pid>/cgroup`).
 //!    Tracking opens the counter files once and reads the CPU limit.
 //! 3. [`CgroupSampler::sample`] re-reads every open file with `pread` into one reusable buffer
 //!    and yields [`ContainerCounters`], cumulative as the kernel keeps them: deltas (and counter
@@ -373,6 +374,14 @@ impl CgroupSampler {
                 Err(err) => report.errors.push(err),
             }
         }
+        tracing::debug!(
+            tracked = self.tracked.len(),
+            added = report.added.len(),
+            removed = report.removed.len(),
+            missing_explicit = report.missing_explicit.len(),
+            errors = report.errors.len(),
+            "Cgroup rescan done."
+        );
         Ok(report)
     }
 
