@@ -1,1 +1,1 @@
-
+mod cgroup_layouts;
