@@ -518,6 +518,9 @@ pub(crate) fn round_to_u64(value: f64) -> Option<u64> {
 #[must_use]
 #[allow(clippy::cast_precision_loss)]
 pub fn energy_from_power(power_mw: f64, elapsed_ns: u64) -> Option<MicroJoules> {
+    if power_mw < 0.0 {
+        return None;
+    }
     round_to_u64(power_mw * elapsed_ns as f64 / 1e6).map(MicroJoules)
 }
 
