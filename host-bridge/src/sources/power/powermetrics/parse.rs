@@ -575,13 +575,55 @@ impl<'a> Cursor<'a> {
             Tok::OpenOther(name) => name,
             Tok::Open(tag) => tag_name(*tag),
         };
-        self.reader
-            .read_to_end(QName(name))
-            .map(|_| ())
-            .map_err(|source| PlistError::Xml {
-                position: self.reader.error_position(),
-                source,
-            })
+        self.skip_to_end_tag(name)?;
+        // The reader now stands on the matching end tag; let it consume that tag so its
+        // open-element stack stays balanced.
+        match self.event()? {
+            Event::End(_) => Ok(()),
+            other => Err(PlistError::Structure {
+                expected: "end tag",
+                found: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Moves the reader to the `</name>` that closes the element just opened, without
+    /// producing events for its content (the hot path: most of a document is skipped).
+    ///
+    /// Nesting of the same name is counted; comments and CDATA are stepped over. Error
+    /// positions reported after a skip are relative to where quick-xml last read.
+    fn skip_to_end_tag(&mut self, name: &[u8]) -> Result<(), PlistError> {
+        let rest: &'a [u8] = *self.reader.get_ref();
+        let mut depth = 0usize;
+        let mut i = 0;
+        while let Some(offset) = rest[i..].iter().position(|&b| b == b'<') {
+            let at = i + offset;
+            let tail = &rest[at + 1..];
+            if tail.starts_with(b"!--") {
+                i = find(rest, at, b"-->").ok_or(PlistError::Truncated)? + 3;
+                continue;
+            }
+            if tail.starts_with(b"![CDATA[") {
+                i = find(rest, at, b"]]>").ok_or(PlistError::Truncated)? + 3;
+                continue;
+            }
+            if let Some(end_name) = tail.strip_prefix(b"/") {
+                if names_tag(end_name, name) {
+                    if depth == 0 {
+                        *self.reader.get_mut() = &rest[at..];
+                        return Ok(());
+                    }
+                    depth -= 1;
+                }
+            } else if names_tag(tail, name) {
+                let close = find(rest, at, b">").ok_or(PlistError::Truncated)?;
+                if rest[close - 1] != b'/' {
+                    depth += 1;
+                }
+            }
+            i = at + 1;
+        }
+        Err(PlistError::Truncated)
     }
 
     /// The raw text of a scalar value, or `None` (after skipping) when the value is not one of
@@ -664,6 +706,23 @@ fn tag_name(tag: Tag) -> &'static [u8] {
         // Unknown names travel as `Tok::OpenOther` with their own bytes.
         Tag::Other => b"",
     }
+}
+
+/// Whether `tail` (the bytes after `<` or `</`) starts with the element name `name`.
+fn names_tag(tail: &[u8], name: &[u8]) -> bool {
+    tail.starts_with(name)
+        && matches!(
+            tail.get(name.len()),
+            Some(b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n')
+        )
+}
+
+/// Position of `needle` in `haystack` at or after `from`.
+fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| from + p)
 }
 
 fn parse_number<T: std::str::FromStr>(key: &[u8], raw: &[u8]) -> Result<T, PlistError> {
