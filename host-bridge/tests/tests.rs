@@ -1,2 +1,3 @@
 
 mod power_captures;
+mod power_fixtures;
