@@ -1,3 +1,4 @@
 
 mod power_captures;
 mod power_fixtures;
+mod power_spawn;
