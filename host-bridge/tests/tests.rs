@@ -1,4 +1,5 @@
 
 mod power_captures;
 mod power_fixtures;
+mod power_replay;
 mod power_spawn;

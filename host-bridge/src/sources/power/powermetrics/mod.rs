@@ -397,6 +397,15 @@ impl DocStream {
         out
     }
 
+    /// End of stream for callers that take frames themselves: the last document if complete,
+    /// else the drop report.
+    pub fn finish_frame(&mut self) -> Option<Frame> {
+        if self.text_format {
+            return None;
+        }
+        self.framer.finish()
+    }
+
     /// Processes one frame.
     pub fn frame(&mut self, frame: Frame, end: MonoNanos, out: &mut StreamOutput) {
         match frame {
@@ -419,6 +428,13 @@ impl DocStream {
     }
 
     fn document(&mut self, bytes: &[u8], end: MonoNanos, out: &mut StreamOutput) {
+        if let Some(doc) = self.parse(bytes, out) {
+            self.sample(&doc, end, out);
+        }
+    }
+
+    /// Parses one document, counting and reporting rejections and stray lines.
+    pub fn parse(&mut self, bytes: &[u8], out: &mut StreamOutput) -> Option<PowermetricsDoc> {
         self.stats.docs += 1;
         out.docs += 1;
         let doc = match parse_document(bytes) {
@@ -429,7 +445,7 @@ impl DocStream {
                 out.events.push(PowerEvent::DocumentRejected {
                     reason: err.to_string(),
                 });
-                return;
+                return None;
             }
         };
         for line in &doc.stray_lines {
@@ -439,7 +455,12 @@ impl DocStream {
                 message: line.clone(),
             });
         }
-        match to_sample(&doc, end, &self.selector) {
+        Some(doc)
+    }
+
+    /// Turns a parsed document stamped `end` into a sample, or a state-change event.
+    pub fn sample(&mut self, doc: &PowermetricsDoc, end: MonoNanos, out: &mut StreamOutput) {
+        match to_sample(doc, end, &self.selector) {
             Ok((sample, vm)) => {
                 if self.energy_state == Some(false) {
                     tracing::info!("Powermetrics energy data resumed.");
