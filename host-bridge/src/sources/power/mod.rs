@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use select::{
-    HostOs, PowerSourceKind, RaplAvailability, SelectError, Selection, SelectionProbe,
-    SourceChoice, select_source,
+    HostOs, PowerConfig, PowerError, PowerSourceKind, RaplAvailability, SelectError, Selection,
+    SelectionProbe, SourceChoice, probe_host, program_exists, run_power, select_source,
 };
 
 /// Host energy over one window `[end - window_ns, end]` on the bridge's monotonic clock.

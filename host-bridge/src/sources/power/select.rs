@@ -4,9 +4,17 @@
 //! when `energy_uj` is readable; otherwise the utilisation estimate. The decision is a pure
 //! function of a [`SelectionProbe`], so every branch is tested without the hardware.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::estimate::{self, CpuProbe, EstimateModel, EstimateSource};
+use super::hostcpu::{self, HostCpuError, ProcReader};
+use super::powermetrics::spawn::{PowermetricsConfig, PowermetricsError, PowermetricsSource};
+use super::rapl::{self, RaplConfig, RaplError, RaplReader};
+use super::replay::{Pace, ReplayConfig, ReplayError, ReplaySource};
+use super::{MonoClock, PowerEvent, PowerOutputs, VmSelector};
 
 /// The kinds of power source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -230,6 +238,201 @@ fn auto(probe: &SelectionProbe) -> Selection {
             reason: "auto: no supported power sensor on this OS; using the estimate".to_owned(),
         },
     }
+}
+
+/// Everything needed to pick and run a power source.
+#[derive(Clone, Debug)]
+pub struct PowerConfig {
+    /// What the user asked for.
+    pub choice: SourceChoice,
+    /// powermetrics settings (program, PATH, interval, privilege, VM selector).
+    pub powermetrics: PowermetricsConfig,
+    /// Powercap root (`/sys/class/powercap`).
+    pub powercap_root: PathBuf,
+    /// procfs root (`/proc`).
+    pub proc_root: PathBuf,
+    /// RAPL settings.
+    pub rapl: RaplConfig,
+    /// VM selector on Linux hosts (`/proc`).
+    pub linux_vm: VmSelector,
+    /// Estimate coefficients (`None`: the documented defaults for the host's CPU count).
+    pub estimate: Option<EstimateModel>,
+    /// Estimate interval.
+    pub estimate_interval: std::time::Duration,
+    /// Replay pace.
+    pub replay_pace: Pace,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        Self {
+            choice: SourceChoice::Auto,
+            powermetrics: PowermetricsConfig::default(),
+            powercap_root: PathBuf::from(rapl::DEFAULT_POWERCAP_ROOT),
+            proc_root: PathBuf::from(hostcpu::DEFAULT_PROC_ROOT),
+            rapl: RaplConfig::default(),
+            linux_vm: VmSelector::linux_default(),
+            estimate: None,
+            estimate_interval: estimate::DEFAULT_INTERVAL,
+            replay_pace: Pace::Recorded,
+        }
+    }
+}
+
+/// A power source that stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerError {
+    /// The choice cannot be honoured.
+    #[error("failed to select a power source")]
+    Select(#[from] SelectError),
+    /// powermetrics failed.
+    #[error("powermetrics source failed")]
+    Powermetrics(#[from] PowermetricsError),
+    /// RAPL failed.
+    #[error("rapl source failed")]
+    Rapl(#[from] RaplError),
+    /// Replay failed.
+    #[error("replay source failed")]
+    Replay(#[from] ReplayError),
+    /// Host CPU counters failed (estimate).
+    #[error("estimate source failed")]
+    HostCpu(#[from] HostCpuError),
+}
+
+/// Whether `program` can be run: a path that is a file, or a name found on `path_var`.
+#[must_use]
+pub fn program_exists(program: &Path, path_var: Option<&std::ffi::OsStr>) -> bool {
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    let path_var = path_var
+        .map(std::ffi::OsStr::to_owned)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    std::env::split_paths(&path_var).any(|dir| dir.join(program).is_file())
+}
+
+/// Gathers the facts auto-selection needs (synchronous: a few stat/read calls).
+#[must_use]
+pub fn probe_host(config: &PowerConfig) -> SelectionProbe {
+    let os = HostOs::current();
+    SelectionProbe {
+        os,
+        powermetrics_found: program_exists(
+            &config.powermetrics.program,
+            config.powermetrics.search_path.as_deref(),
+        ),
+        rapl: if os == HostOs::Linux {
+            rapl::probe(&config.powercap_root)
+        } else {
+            RaplAvailability::Absent
+        },
+    }
+}
+
+/// Selects a source (recording [`PowerEvent::SourceSelected`]) and runs it until it ends, the
+/// outputs close or `cancel` fires.
+///
+/// # Errors
+/// [`PowerError`] when selection fails or the source stops on an error.
+pub async fn run_power(
+    config: PowerConfig,
+    clock: MonoClock,
+    out: PowerOutputs,
+    cancel: CancellationToken,
+) -> Result<(), PowerError> {
+    let probe = probe_host(&config);
+    let selection = select_source(&config.choice, &probe)?;
+    let mut reason = selection.reason.clone();
+    let rapl_reader = if selection.kind == PowerSourceKind::Rapl {
+        let root = config.powercap_root.clone();
+        let reader = tokio::task::spawn_blocking(move || RaplReader::new(root))
+            .await
+            .map_err(|join| RaplError::Read {
+                path: config.powercap_root.clone(),
+                source: std::io::Error::other(join),
+            })??;
+        reason.push_str(&format!("; split domain: {}", reader.domain().describe()));
+        Some(reader)
+    } else {
+        None
+    };
+    let event = PowerEvent::SourceSelected {
+        kind: selection.kind,
+        reason,
+    };
+    if out.event_or_cancel(event, &cancel).await.is_err() {
+        return Ok(());
+    }
+    match (selection.kind, &config.choice) {
+        (PowerSourceKind::Powermetrics, _) => {
+            PowermetricsSource::new(config.powermetrics, clock)
+                .run(out, cancel)
+                .await?;
+        }
+        (PowerSourceKind::Replay, SourceChoice::Replay(path)) => {
+            let replay = ReplayConfig {
+                path: path.clone(),
+                pace: config.replay_pace,
+                vm: config.powermetrics.vm.clone(),
+            };
+            ReplaySource::new(replay, clock).run(out, cancel).await?;
+        }
+        (PowerSourceKind::Rapl, _) => run_rapl(config, rapl_reader, clock, out, cancel).await?,
+        (PowerSourceKind::Estimate | PowerSourceKind::Replay, _) => {
+            let cpus = std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok())
+                .unwrap_or(1);
+            let model = config
+                .estimate
+                .unwrap_or_else(|| EstimateModel::per_cpu_default(cpus));
+            let probe = if HostOs::current() == HostOs::Linux {
+                CpuProbe::Proc(ProcReader::new(&config.proc_root, config.linux_vm.clone()))
+            } else {
+                CpuProbe::LoadAverage { cpus }
+            };
+            EstimateSource::new(model, probe, config.estimate_interval, clock)
+                .run(out, cancel)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+async fn run_rapl(
+    config: PowerConfig,
+    reader: Option<RaplReader>,
+    clock: MonoClock,
+    out: PowerOutputs,
+    cancel: CancellationToken,
+) -> Result<(), PowerError> {
+    let reader = match reader {
+        Some(reader) => reader,
+        None => RaplReader::new(&config.powercap_root)?,
+    };
+    let proc = ProcReader::new(&config.proc_root, config.linux_vm.clone());
+    rapl::RaplSource::new(reader, Some(proc), config.rapl, clock)
+        .run(out, cancel)
+        .await?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn run_rapl(
+    config: PowerConfig,
+    _reader: Option<RaplReader>,
+    _clock: MonoClock,
+    _out: PowerOutputs,
+    _cancel: CancellationToken,
+) -> Result<(), PowerError> {
+    Err(PowerError::Select(SelectError::RaplUnavailable {
+        reason: format!(
+            "RAPL is read on Linux only (root {})",
+            config.powercap_root.display()
+        ),
+    }))
 }
 
 #[cfg(test)]
