@@ -9,14 +9,13 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use host_bridge::sources::power::VmSelector;
 use host_bridge::sources::power::powermetrics::frame::{Frame, split_capture};
 use host_bridge::sources::power::powermetrics::parse::parse_document;
 use host_bridge::sources::power::powermetrics::{DocStream, to_sample};
-use host_bridge::sources::power::VmSelector;
 use protocol::MonoNanos;
 
-const CAPTURE: &str =
-    "../../shared/fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist";
+const CAPTURE: &str = "../../shared/fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist";
 
 fn bench(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CAPTURE);
@@ -59,7 +58,9 @@ criterion_group!(benches, bench);
 
 fn baseline(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CAPTURE);
-    let Ok(bytes) = std::fs::read(&path) else { return };
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
     let mut group = c.benchmark_group("baseline");
     group.throughput(Throughput::Bytes(u64::try_from(bytes.len()).expect("fits")));
     group.bench_function("quick_xml_events", |b| {

@@ -3,6 +3,8 @@
 //! The captures stay outside the repository (licences, size); the tests skip with a printed
 //! reason when the folder is absent.
 
+#![cfg(test)]
+
 use std::path::{Path, PathBuf};
 
 use host_bridge::sources::power::powermetrics::frame::{Frame, split_capture};
@@ -52,7 +54,9 @@ fn captures_every_plist_parses_without_error() {
         let docs = parse_capture(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!docs.is_empty(), "{name}: no documents");
         for (i, doc) in docs.iter().enumerate() {
-            let doc = doc.as_ref().unwrap_or_else(|e| panic!("{name} doc {i}: {e}"));
+            let doc = doc
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{name} doc {i}: {e}"));
             assert!(doc.elapsed_ns.is_some(), "{name} doc {i}: no elapsed_ns");
         }
     }
@@ -85,7 +89,10 @@ fn captures_energy_matches_power_times_elapsed() {
             }
         }
     }
-    assert!(checked > 50, "only {checked} components had both power and energy");
+    assert!(
+        checked > 50,
+        "only {checked} components had both power and energy"
+    );
 }
 
 #[test]
@@ -118,9 +125,16 @@ fn captures_docker_vm_task_is_found() {
         assert!(share.vm_cpu_ns > 0 && share.vm_cpu_ns <= share.total_cpu_ns);
         assert!(share.vm_energy_impact.is_some() && share.total_energy_impact.is_some());
         assert!(s.component("gpu").is_some() && s.component("ane").is_some());
-        assert!(s.component("cluster:E-Cluster").is_none(), "no cluster power on macOS 14");
+        assert!(
+            s.component("cluster:E-Cluster").is_none(),
+            "no cluster power on macOS 14"
+        );
         let host = s.host_cpu.expect("all_tasks and cpus present");
-        assert_eq!(host.capacity_ns, s.window_ns * 8, "M1 Pro capture lists 8 CPUs");
+        assert_eq!(
+            host.capacity_ns,
+            s.window_ns * 8,
+            "M1 Pro capture lists 8 CPUs"
+        );
     }
 }
 
@@ -177,10 +191,14 @@ fn captures_intel_package_energy_is_the_split_domain() {
     assert_eq!(docs.len(), 9, "9 documents, each with a trailing NUL");
     for doc in docs {
         let doc = doc.expect("parses");
-        let (sample, vm) = to_sample(&doc, MonoNanos(10), &VmSelector::macos_default())
-            .expect("intel energy");
+        let (sample, vm) =
+            to_sample(&doc, MonoNanos(10), &VmSelector::macos_default()).expect("intel energy");
         assert_eq!(sample.component("package"), Some(sample.energy));
-        let joules = doc.reading("package").and_then(|r| r.reported_mj).expect("J") / 1e3;
+        let joules = doc
+            .reading("package")
+            .and_then(|r| r.reported_mj)
+            .expect("J")
+            / 1e3;
         assert!((sample.energy.as_joules_f64() - joules).abs() < 1e-3 * joules);
         assert!(vm.matched.is_empty(), "no VM on this machine");
         assert_eq!(sample.vm_share.map(|s| s.vm_cpu_ns), Some(0));

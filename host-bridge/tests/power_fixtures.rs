@@ -1,6 +1,8 @@
 //! The hand-written powermetrics fixtures (`tests/fixtures/powermetrics/`): each quirk of real
 //! output, through the framer, the parser and the sample conversion.
 
+#![cfg(test)]
+
 use std::path::PathBuf;
 
 use host_bridge::sources::power::powermetrics::parse::PlistError;
@@ -18,7 +20,13 @@ fn read(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).expect("fixture in the repository")
 }
 
-fn run(name: &str, selector: VmSelector) -> (Vec<host_bridge::sources::power::PowerSample>, Vec<PowerEvent>) {
+fn run(
+    name: &str,
+    selector: VmSelector,
+) -> (
+    Vec<host_bridge::sources::power::PowerSample>,
+    Vec<PowerEvent>,
+) {
     let mut stream = DocStream::new(selector);
     let mut out = stream.push(&read(name), MonoNanos(5_000_000_000));
     let tail = stream.finish(MonoNanos(6_000_000_000));
@@ -29,13 +37,23 @@ fn run(name: &str, selector: VmSelector) -> (Vec<host_bridge::sources::power::Po
 
 #[test]
 fn fixture_apple_silicon_energy_is_power_times_elapsed() {
-    let (samples, events) = run("apple-silicon-docker-3x1s.plist", VmSelector::macos_default());
-    assert_eq!(samples.len(), 3, "three documents, the last without a trailing NUL");
+    let (samples, events) = run(
+        "apple-silicon-docker-3x1s.plist",
+        VmSelector::macos_default(),
+    );
+    assert_eq!(
+        samples.len(),
+        3,
+        "three documents, the last without a trailing NUL"
+    );
     // 71234.5 mW × 1 s = 71 234 500 µJ (above 16 bits in mJ, too).
     assert_eq!(samples[0].energy, MicroJoules(71_234_500));
     assert_eq!(samples[0].component("cpu"), Some(MicroJoules(71_234_500)));
     assert_eq!(samples[0].component("gpu"), Some(MicroJoules(812_250)));
-    assert_eq!(samples[0].component("combined"), Some(MicroJoules(72_046_750)));
+    assert_eq!(
+        samples[0].component("combined"),
+        Some(MicroJoules(72_046_750))
+    );
     // 1500.75 mW × 1.0025 s = 1 504 501.875 µJ.
     assert_eq!(samples[1].energy, MicroJoules(1_504_502));
     assert_eq!(samples[1].window_ns, 1_002_500_000);
@@ -48,7 +66,10 @@ fn fixture_apple_silicon_energy_is_power_times_elapsed() {
 
 #[test]
 fn fixture_vm_share_uses_all_tasks_not_coalition_sum() {
-    let (samples, events) = run("apple-silicon-docker-3x1s.plist", VmSelector::macos_default());
+    let (samples, events) = run(
+        "apple-silicon-docker-3x1s.plist",
+        VmSelector::macos_default(),
+    );
     let share = samples[0].vm_share.as_ref().expect("tasks present");
     assert_eq!(share.vm_cpu_ns, 900_000_000);
     assert_eq!(share.total_cpu_ns, 1_000_000_000);
@@ -56,10 +77,17 @@ fn fixture_vm_share_uses_all_tasks_not_coalition_sum() {
     assert_eq!(share.total_energy_impact, Some(100.0));
     let host = samples[0].host_cpu.expect("host cpu");
     assert_eq!(host.busy_ns, 1_000_000_000);
-    assert_eq!(host.capacity_ns, 4_000_000_000, "4 CPUs listed in the clusters");
+    assert_eq!(
+        host.capacity_ns, 4_000_000_000,
+        "4 CPUs listed in the clusters"
+    );
     // Third document: the VM task reports 0 ns but is listed; still found.
     assert_eq!(samples[2].vm_share.as_ref().map(|s| s.vm_cpu_ns), Some(0));
-    assert!(!events.iter().any(|e| matches!(e, PowerEvent::VmNotFound { .. })));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, PowerEvent::VmNotFound { .. }))
+    );
 }
 
 #[test]
@@ -68,24 +96,39 @@ fn fixture_vm_selected_by_pid_or_name() {
         "apple-silicon-docker-3x1s.plist",
         VmSelector::parse("pid:502").expect("selector"),
     );
-    assert_eq!(by_pid[0].vm_share.as_ref().map(|s| s.vm_cpu_ns), Some(20_000_000));
+    assert_eq!(
+        by_pid[0].vm_share.as_ref().map(|s| s.vm_cpu_ns),
+        Some(20_000_000)
+    );
     let (by_name, events) = run(
         "apple-silicon-docker-3x1s.plist",
         VmSelector::parse("no-such-vm").expect("selector"),
     );
     assert_eq!(by_name[0].vm_share.as_ref().map(|s| s.vm_cpu_ns), Some(0));
-    assert!(events.iter().any(|e| matches!(e, PowerEvent::VmNotFound { selector } if selector == "no-such-vm")));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PowerEvent::VmNotFound { selector } if selector == "no-such-vm"))
+    );
     let (intel, _) = run("intel-package-1x5s.plist", VmSelector::macos_default());
     let share = intel[0].vm_share.as_ref().expect("tasks");
-    assert_eq!((share.vm_cpu_ns, share.total_cpu_ns), (2_500_000_000, 3_000_000_000));
+    assert_eq!(
+        (share.vm_cpu_ns, share.total_cpu_ns),
+        (2_500_000_000, 3_000_000_000)
+    );
 }
 
 #[test]
 fn fixture_truncated_last_document_is_dropped_and_counted() {
-    let (samples, events) = run("apple-silicon-truncated-last.plist", VmSelector::macos_default());
+    let (samples, events) = run(
+        "apple-silicon-truncated-last.plist",
+        VmSelector::macos_default(),
+    );
     assert_eq!(samples.len(), 2);
     assert!(
-        events.iter().any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { bytes } if *bytes > 1000)),
+        events
+            .iter()
+            .any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { bytes } if *bytes > 1000)),
         "{events:?}"
     );
 }
@@ -96,7 +139,10 @@ fn fixture_intel_package_is_split_domain() {
     assert_eq!(samples.len(), 1);
     // 5.5 W × 5 s = 27.5 J.
     assert_eq!(samples[0].energy, MicroJoules(27_500_000));
-    assert_eq!(samples[0].component("package"), Some(MicroJoules(27_500_000)));
+    assert_eq!(
+        samples[0].component("package"),
+        Some(MicroJoules(27_500_000))
+    );
 }
 
 #[test]
@@ -110,7 +156,10 @@ fn fixture_no_energy_gives_state_not_crash() {
             _ => None,
         })
         .expect("no energy data event");
-    assert!(reason.contains("VirtualMac9,1") && reason.contains("no energy keys"), "{reason}");
+    assert!(
+        reason.contains("VirtualMac9,1") && reason.contains("no energy keys"),
+        "{reason}"
+    );
     assert!(events.iter().any(
         |e| matches!(e, PowerEvent::SourceWarning { message } if message.starts_with("warning: time went backwards"))
     ));

@@ -1,6 +1,8 @@
 //! Host CPU and the VM process's share from a fake `/proc` built by each test, the estimate
 //! source on top of it, and auto-selection on a Linux host without RAPL.
 
+#![cfg(test)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,12 +41,26 @@ fn hostcpu_vm_share_from_qemu_and_truncated_cloud_hypervisor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     write_stat(root, 1_000, 10_000);
-    write_process(root, 100, "qemu-system-x86", "/usr/bin/qemu-system-x86_64", 300, 100);
+    write_process(
+        root,
+        100,
+        "qemu-system-x86",
+        "/usr/bin/qemu-system-x86_64",
+        300,
+        100,
+    );
     write_process(root, 200, "bash", "/bin/bash", 5, 5);
     let mut reader = ProcReader::new(root, VmSelector::linux_default()).with_ticks_per_second(100);
     assert_eq!(reader.read(MonoNanos(0)).expect("baseline"), None);
     write_stat(root, 1_000 + 250, 10_000 + 150);
-    write_process(root, 100, "qemu-system-x86", "/usr/bin/qemu-system-x86_64", 300 + 150, 100 + 50);
+    write_process(
+        root,
+        100,
+        "qemu-system-x86",
+        "/usr/bin/qemu-system-x86_64",
+        300 + 150,
+        100 + 50,
+    );
     let window = reader
         .read(MonoNanos(1_000_000_000))
         .expect("reads")
@@ -59,14 +75,33 @@ fn hostcpu_vm_share_from_qemu_and_truncated_cloud_hypervisor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     write_stat(root, 0, 0);
-    write_process(root, 7, "cloud-hyperviso", "/usr/local/bin/cloud-hypervisor", 10, 0);
-    let mut reader =
-        ProcReader::new(root, VmSelector::parse("cloud-hypervisor").expect("selector"))
-            .with_ticks_per_second(100);
+    write_process(
+        root,
+        7,
+        "cloud-hyperviso",
+        "/usr/local/bin/cloud-hypervisor",
+        10,
+        0,
+    );
+    let mut reader = ProcReader::new(
+        root,
+        VmSelector::parse("cloud-hypervisor").expect("selector"),
+    )
+    .with_ticks_per_second(100);
     reader.read(MonoNanos(0)).expect("baseline");
-    write_process(root, 7, "cloud-hyperviso", "/usr/local/bin/cloud-hypervisor", 30, 0);
+    write_process(
+        root,
+        7,
+        "cloud-hyperviso",
+        "/usr/local/bin/cloud-hypervisor",
+        30,
+        0,
+    );
     write_stat(root, 20, 0);
-    let window = reader.read(MonoNanos(1_000_000_000)).expect("reads").expect("window");
+    let window = reader
+        .read(MonoNanos(1_000_000_000))
+        .expect("reads")
+        .expect("window");
     assert_eq!(window.vm.vm_cpu_ns, 200_000_000);
 }
 
@@ -76,20 +111,26 @@ fn hostcpu_vm_by_pid_and_restarted_process() {
     let root = dir.path();
     write_stat(root, 0, 0);
     write_process(root, 42, "firecracker", "firecracker", 100, 0);
-    let mut reader =
-        ProcReader::new(root, VmSelector::parse("firecracker").expect("sel")).with_ticks_per_second(100);
+    let mut reader = ProcReader::new(root, VmSelector::parse("firecracker").expect("sel"))
+        .with_ticks_per_second(100);
     reader.read(MonoNanos(0)).expect("baseline");
     // The VM restarted under a new pid within the window: all its time is new.
     std::fs::remove_dir_all(root.join("42")).expect("rm");
     write_process(root, 43, "firecracker", "firecracker", 7, 3);
     write_stat(root, 10, 0);
-    let window = reader.read(MonoNanos(1_000_000_000)).expect("reads").expect("window");
+    let window = reader
+        .read(MonoNanos(1_000_000_000))
+        .expect("reads")
+        .expect("window");
     assert_eq!(window.vm.vm_cpu_ns, 100_000_000);
 
     let mut by_pid = ProcReader::new(root, VmSelector::Pid(43)).with_ticks_per_second(100);
     by_pid.read(MonoNanos(0)).expect("baseline");
     write_process(root, 43, "firecracker", "firecracker", 17, 3);
-    let window = by_pid.read(MonoNanos(500_000_000)).expect("reads").expect("window");
+    let window = by_pid
+        .read(MonoNanos(500_000_000))
+        .expect("reads")
+        .expect("window");
     assert_eq!(window.vm.vm_cpu_ns, 100_000_000);
 }
 
@@ -106,8 +147,13 @@ async fn estimate_source_marks_samples_estimated() {
     let (out, mut samples, _events) = PowerOutputs::channel(4);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(
-        EstimateSource::new(model, CpuProbe::Proc(reader), Duration::from_secs(1), MonoClock::new())
-            .run(out, cancel.clone()),
+        EstimateSource::new(
+            model,
+            CpuProbe::Proc(reader),
+            Duration::from_secs(1),
+            MonoClock::new(),
+        )
+        .run(out, cancel.clone()),
     );
     let idle = samples.recv().await.expect("sample");
     assert_eq!(idle.provenance, Provenance::Estimated);
@@ -116,7 +162,11 @@ async fn estimate_source_marks_samples_estimated() {
     // Half the capacity busy over the next second: 200 ticks of 400.
     write_stat(&root, 200, 200);
     let half = samples.recv().await.expect("sample");
-    assert_eq!(half.energy, MicroJoules(30_000_000), "10 + 0.5 × 40 W for 1 s");
+    assert_eq!(
+        half.energy,
+        MicroJoules(30_000_000),
+        "10 + 0.5 × 40 W for 1 s"
+    );
     assert_eq!(half.host_cpu.and_then(|h| h.utilisation()), Some(0.5));
     cancel.cancel();
     task.await.expect("joins").expect("clean stop");
@@ -153,7 +203,9 @@ async fn select_auto_without_rapl_runs_estimate_and_records_why() {
 async fn select_named_replay_runs_replay() {
     let path = crate::power_fixtures::fixture("intel-package-1x5s.plist");
     let config = PowerConfig {
-        choice: format!("replay:{}", path.display()).parse().expect("choice"),
+        choice: format!("replay:{}", path.display())
+            .parse()
+            .expect("choice"),
         replay_pace: host_bridge::sources::power::replay::Pace::AsFastAsPossible,
         ..PowerConfig::default()
     };
@@ -162,6 +214,15 @@ async fn select_named_replay_runs_replay() {
         .await
         .expect("replays");
     let selected = events.recv().await.expect("event");
-    assert!(matches!(selected, PowerEvent::SourceSelected { kind: PowerSourceKind::Replay, .. }));
-    assert_eq!(samples.recv().await.map(|s| s.energy), Some(MicroJoules(27_500_000)));
+    assert!(matches!(
+        selected,
+        PowerEvent::SourceSelected {
+            kind: PowerSourceKind::Replay,
+            ..
+        }
+    ));
+    assert_eq!(
+        samples.recv().await.map(|s| s.energy),
+        Some(MicroJoules(27_500_000))
+    );
 }

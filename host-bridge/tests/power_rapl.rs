@@ -5,6 +5,8 @@
 //! top-level psys zone, as on Intel client CPUs since Skylake) and a server (two packages, each
 //! with a dram subzone, no psys). Ranges are the common 262 143 328 850 µJ.
 
+#![cfg(test)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -57,7 +59,13 @@ fn rapl_discovers_zones_and_prefers_psys() {
     let labels: Vec<&str> = reader.zones().iter().map(|z| z.label.as_str()).collect();
     assert_eq!(
         labels,
-        ["package-0", "package-0/core", "package-0/uncore", "package-0/dram", "psys"]
+        [
+            "package-0",
+            "package-0/core",
+            "package-0/uncore",
+            "package-0/dram",
+            "psys"
+        ]
     );
     assert_eq!(reader.domain(), RaplDomain::Psys);
 }
@@ -68,20 +76,52 @@ fn rapl_without_psys_sums_packages_and_dram() {
     server(dir.path());
     let mut windows = RaplWindows::new(RaplReader::new(dir.path()).expect("reads"), MAX_WATTS);
     assert_eq!(windows.reader().domain(), RaplDomain::PackagesAndDram);
-    assert_eq!(windows.read(MonoNanos(0)).expect("read"), None, "first read is the baseline");
-    set(dir.path(), "intel-rapl:0", "energy_uj", 10_000_000 + 40_000_000);
-    set(dir.path(), "intel-rapl:0:0", "energy_uj", 1_000_000 + 5_000_000);
-    set(dir.path(), "intel-rapl:1", "energy_uj", 20_000_000 + 30_000_000);
-    set(dir.path(), "intel-rapl:1:0", "energy_uj", 2_000_000 + 4_000_000);
+    assert_eq!(
+        windows.read(MonoNanos(0)).expect("read"),
+        None,
+        "first read is the baseline"
+    );
+    set(
+        dir.path(),
+        "intel-rapl:0",
+        "energy_uj",
+        10_000_000 + 40_000_000,
+    );
+    set(
+        dir.path(),
+        "intel-rapl:0:0",
+        "energy_uj",
+        1_000_000 + 5_000_000,
+    );
+    set(
+        dir.path(),
+        "intel-rapl:1",
+        "energy_uj",
+        20_000_000 + 30_000_000,
+    );
+    set(
+        dir.path(),
+        "intel-rapl:1:0",
+        "energy_uj",
+        2_000_000 + 4_000_000,
+    );
     let (window_ns, window) = windows
         .read(MonoNanos(1_000_000_000))
         .expect("read")
         .expect("window");
     assert_eq!(window_ns, 1_000_000_000);
-    let RaplWindow::Energy { energy, components, resets } = window else {
+    let RaplWindow::Energy {
+        energy,
+        components,
+        resets,
+    } = window
+    else {
         panic!("energy expected, got {window:?}");
     };
-    assert_eq!(energy, MicroJoules(40_000_000 + 5_000_000 + 30_000_000 + 4_000_000));
+    assert_eq!(
+        energy,
+        MicroJoules(40_000_000 + 5_000_000 + 30_000_000 + 4_000_000)
+    );
     assert!(resets.is_empty());
     assert!(components.contains(&("package-1/dram".to_owned(), MicroJoules(4_000_000))));
 }
@@ -94,11 +134,18 @@ fn rapl_counter_wrap_keeps_energy() {
     let mut windows = RaplWindows::new(RaplReader::new(dir.path()).expect("reads"), MAX_WATTS);
     windows.read(MonoNanos(0)).expect("baseline");
     set(dir.path(), "intel-rapl:1", "energy_uj", 24_000);
-    let (_, window) = windows.read(MonoNanos(1_000_000_000)).expect("read").expect("window");
+    let (_, window) = windows
+        .read(MonoNanos(1_000_000_000))
+        .expect("read")
+        .expect("window");
     let RaplWindow::Energy { energy, .. } = window else {
         panic!("a wrap is not a reset: {window:?}");
     };
-    assert_eq!(energy, MicroJoules(25_000), "psys wrapped: 1 000 before the range, 24 000 after");
+    assert_eq!(
+        energy,
+        MicroJoules(25_000),
+        "psys wrapped: 1 000 before the range, 24 000 after"
+    );
 }
 
 #[test]
@@ -110,7 +157,10 @@ fn rapl_counter_reset_is_detected_and_window_dropped() {
     windows.read(MonoNanos(0)).expect("baseline");
     // Driver reload: the counter restarts near zero. As a wrap this would be ~172 kJ in 1 s.
     set(dir.path(), "intel-rapl:1", "energy_uj", 12_345);
-    let (_, window) = windows.read(MonoNanos(1_000_000_000)).expect("read").expect("window");
+    let (_, window) = windows
+        .read(MonoNanos(1_000_000_000))
+        .expect("read")
+        .expect("window");
     let RaplWindow::Reset { resets } = window else {
         panic!("reset expected, got {window:?}");
     };
@@ -118,8 +168,20 @@ fn rapl_counter_reset_is_detected_and_window_dropped() {
     assert_eq!(resets[0].0, "psys");
     // The next window counts from the new value again.
     set(dir.path(), "intel-rapl:1", "energy_uj", 12_345 + 2_000_000);
-    let (_, next) = windows.read(MonoNanos(2_000_000_000)).expect("read").expect("window");
-    assert!(matches!(next, RaplWindow::Energy { energy: MicroJoules(2_000_000), .. }), "{next:?}");
+    let (_, next) = windows
+        .read(MonoNanos(2_000_000_000))
+        .expect("read")
+        .expect("window");
+    assert!(
+        matches!(
+            next,
+            RaplWindow::Energy {
+                energy: MicroJoules(2_000_000),
+                ..
+            }
+        ),
+        "{next:?}"
+    );
 }
 
 #[test]
@@ -128,8 +190,16 @@ fn rapl_range_change_is_a_reset() {
     server(dir.path());
     let mut windows = RaplWindows::new(RaplReader::new(dir.path()).expect("reads"), MAX_WATTS);
     windows.read(MonoNanos(0)).expect("baseline");
-    set(dir.path(), "intel-rapl:0", "max_energy_range_uj", 65_532_610_987);
-    let (_, window) = windows.read(MonoNanos(1_000_000_000)).expect("read").expect("window");
+    set(
+        dir.path(),
+        "intel-rapl:0",
+        "max_energy_range_uj",
+        65_532_610_987,
+    );
+    let (_, window) = windows
+        .read(MonoNanos(1_000_000_000))
+        .expect("read")
+        .expect("window");
     assert!(matches!(window, RaplWindow::Reset { .. }), "{window:?}");
 }
 
@@ -137,7 +207,10 @@ fn rapl_range_change_is_a_reset() {
 fn rapl_without_zones_is_absent() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("intel-rapl")).expect("dir");
-    assert!(matches!(RaplReader::new(dir.path()), Err(RaplError::NoZones { .. })));
+    assert!(matches!(
+        RaplReader::new(dir.path()),
+        Err(RaplError::NoZones { .. })
+    ));
     assert!(matches!(
         RaplReader::new(dir.path().join("missing")),
         Err(RaplError::NoZones { .. })
@@ -184,16 +257,24 @@ async fn rapl_source_emits_samples_then_reset_gap() {
     let idle = samples.recv().await.expect("sample");
     assert_eq!(idle.energy, MicroJoules(0));
     assert_eq!(idle.window_ns, 1_000_000_000);
-    set(dir.path(), "intel-rapl:1", "energy_uj", 3_000_000 + 5_000_000);
+    set(
+        dir.path(),
+        "intel-rapl:1",
+        "energy_uj",
+        3_000_000 + 5_000_000,
+    );
     let first = samples.recv().await.expect("sample");
     assert_eq!(first.energy, MicroJoules(5_000_000));
     assert_eq!(first.provenance, Provenance::Measured);
     assert_eq!(first.component("package-0/core"), Some(MicroJoules(0)));
     // Reset psys before the next tick.
     set(dir.path(), "intel-rapl:1", "energy_uj", 10);
-    assert!(matches!(events.try_recv(), Err(_)), "no event before the reset");
+    assert!(events.try_recv().is_err(), "no event before the reset");
     let reset = events.recv().await.expect("event");
-    assert!(matches!(&reset, PowerEvent::CounterReset { domain, .. } if domain == "psys"), "{reset:?}");
+    assert!(
+        matches!(&reset, PowerEvent::CounterReset { domain, .. } if domain == "psys"),
+        "{reset:?}"
+    );
     let gap = events.recv().await.expect("event");
     let PowerEvent::Gap { from, to, reason } = gap else {
         panic!("gap expected, got {gap:?}");

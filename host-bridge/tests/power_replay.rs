@@ -1,6 +1,8 @@
 //! Replay of recorded powermetrics captures, at recorded pace (paused clock) and as fast as
 //! possible.
 
+#![cfg(test)]
+
 use std::path::PathBuf;
 
 use host_bridge::sources::power::replay::{Pace, ReplayConfig, ReplayError, ReplaySource};
@@ -37,14 +39,21 @@ async fn replay(
 
 #[tokio::test]
 async fn replay_fast_lays_windows_end_to_end() {
-    let (result, samples, events) =
-        replay(fixture("apple-silicon-docker-3x1s.plist"), Pace::AsFastAsPossible).await;
+    let (result, samples, events) = replay(
+        fixture("apple-silicon-docker-3x1s.plist"),
+        Pace::AsFastAsPossible,
+    )
+    .await;
     result.expect("replays");
     assert_eq!(samples.len(), 3);
     for pair in samples.windows(2) {
         assert_eq!(pair[1].end.0 - pair[0].end.0, pair[1].window_ns);
     }
-    assert!(events.iter().any(|e| matches!(e, PowerEvent::SourceEnded { reason } if reason.contains("3 samples"))));
+    assert!(
+        events.iter().any(
+            |e| matches!(e, PowerEvent::SourceEnded { reason } if reason.contains("3 samples"))
+        )
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -56,7 +65,10 @@ async fn replay_recorded_pace_waits_elapsed_between_documents() {
     assert_eq!(samples.len(), 3);
     let total: u64 = samples.iter().map(|s| s.window_ns).sum();
     let waited = u64::try_from(started.elapsed().as_nanos()).expect("fits");
-    assert!(waited >= total, "waited {waited} ns for {total} ns of windows");
+    assert!(
+        waited >= total,
+        "waited {waited} ns for {total} ns of windows"
+    );
     for pair in samples.windows(2) {
         assert!(pair[1].end.0 - pair[0].end.0 >= pair[1].window_ns);
     }
@@ -64,16 +76,24 @@ async fn replay_recorded_pace_waits_elapsed_between_documents() {
 
 #[tokio::test]
 async fn replay_truncated_capture_drops_last_document() {
-    let (result, samples, events) =
-        replay(fixture("apple-silicon-truncated-last.plist"), Pace::AsFastAsPossible).await;
+    let (result, samples, events) = replay(
+        fixture("apple-silicon-truncated-last.plist"),
+        Pace::AsFastAsPossible,
+    )
+    .await;
     result.expect("replays");
     assert_eq!(samples.len(), 2);
-    assert!(events.iter().any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { .. }))
+    );
 }
 
 #[tokio::test]
 async fn replay_text_capture_is_refused() {
-    let (result, samples, _) = replay(fixture("text-format-1x1s.txt"), Pace::AsFastAsPossible).await;
+    let (result, samples, _) =
+        replay(fixture("text-format-1x1s.txt"), Pace::AsFastAsPossible).await;
     let err = result.expect_err("text refused");
     assert!(matches!(err, ReplayError::TextFormat { .. }));
     assert!(err.to_string().contains("--format plist"));
@@ -98,6 +118,14 @@ async fn replay_real_gmt_capture_yields_every_sample() {
     let (result, samples, events) = replay(path, Pace::AsFastAsPossible).await;
     result.expect("replays");
     assert_eq!(samples.len(), 29);
-    assert!(samples.iter().all(|s| s.vm_share.as_ref().is_some_and(|v| v.vm_cpu_ns > 0)));
-    assert!(events.iter().any(|e| matches!(e, PowerEvent::VmFound { .. })));
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.vm_share.as_ref().is_some_and(|v| v.vm_cpu_ns > 0))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, PowerEvent::VmFound { .. }))
+    );
 }

@@ -2,6 +2,8 @@
 //! first on the child's `PATH`, streams a fixture with delays, dies mid-document, or prints the
 //! permission error; the source must cope as documented.
 
+#![cfg(test)]
+
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,9 +12,7 @@ use std::time::Duration;
 use host_bridge::sources::power::powermetrics::spawn::{
     PowermetricsConfig, PowermetricsError, PowermetricsSource, Privilege,
 };
-use host_bridge::sources::power::{
-    MonoClock, PowerEvent, PowerOutputs, PowerSample, VmSelector,
-};
+use host_bridge::sources::power::{MonoClock, PowerEvent, PowerOutputs, PowerSample, VmSelector};
 use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,10 @@ fn write_docs(dir: &Path, name: &str) -> usize {
 /// Writes `powermetrics` into `dir` and returns a PATH with `dir` first.
 fn stand_in(dir: &Path, body: &str) -> OsString {
     let script = dir.join("powermetrics");
-    let text = format!("#!/bin/sh\ncd '{}'\nprintf '%s\\n' \"$@\" > args.txt\n{body}\n", dir.display());
+    let text = format!(
+        "#!/bin/sh\ncd '{}'\nprintf '%s\\n' \"$@\" > args.txt\n{body}\n",
+        dir.display()
+    );
     std::fs::write(&script, text).expect("write stand-in");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut path = OsString::from(dir);
@@ -104,16 +107,28 @@ async fn spawn_streams_documents_with_delays_and_stops_on_cancel() {
         got.push(next_sample(&mut samples).await);
     }
     assert_eq!(got[0].window_ns, 50_000_000);
-    assert!(got.windows(2).all(|w| w[0].end <= w[1].end), "arrival stamps are monotonic");
+    assert!(
+        got.windows(2).all(|w| w[0].end <= w[1].end),
+        "arrival stamps are monotonic"
+    );
     assert!(got[0].end.0 > 0 && got[2].end <= clock.now());
     let (found, _) = wait_event(&mut events, |e| matches!(e, PowerEvent::VmFound { .. })).await;
-    assert!(matches!(found, PowerEvent::VmFound { matched } if matched.contains("com.docker.docker")));
+    assert!(
+        matches!(found, PowerEvent::VmFound { matched } if matched.contains("com.docker.docker"))
+    );
     cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task).await.expect("stops").expect("joins");
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("stops")
+        .expect("joins");
     assert!(result.is_ok(), "{result:?}");
     let args = std::fs::read_to_string(dir.path().join("args.txt")).expect("args recorded");
     let args: Vec<&str> = args.lines().collect();
-    assert!(args.windows(2).any(|w| w == ["--samplers", "cpu_power,gpu_power,ane_power,tasks"]), "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--samplers", "cpu_power,gpu_power,ane_power,tasks"]),
+        "{args:?}"
+    );
     assert!(args.windows(2).any(|w| w == ["--format", "plist"]));
     assert!(args.windows(2).any(|w| w == ["--sample-rate", "100"]));
     assert!(args.contains(&"--show-process-coalition") && args.contains(&"--show-process-energy"));
@@ -137,23 +152,37 @@ async fn spawn_child_dying_mid_document_restarts_and_records_gap() {
         PowermetricsSource::new(config(path), MonoClock::new()).run(out, cancel.clone()),
     );
     let first = next_sample(&mut samples).await;
-    let (restart, before) =
-        wait_event(&mut events, |e| matches!(e, PowerEvent::SourceRestarted { .. })).await;
+    let (restart, before) = wait_event(&mut events, |e| {
+        matches!(e, PowerEvent::SourceRestarted { .. })
+    })
+    .await;
     assert!(
-        before.iter().any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { bytes: 700 })),
+        before
+            .iter()
+            .any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { bytes: 700 })),
         "{before:?}"
     );
-    let PowerEvent::SourceRestarted { attempt, reason } = restart else { unreachable!() };
+    let PowerEvent::SourceRestarted { attempt, reason } = restart else {
+        unreachable!()
+    };
     assert_eq!(attempt, 1);
-    assert!(reason.contains("simulated crash") && reason.contains('3'), "{reason}");
+    assert!(
+        reason.contains("simulated crash") && reason.contains('3'),
+        "{reason}"
+    );
     let second = next_sample(&mut samples).await;
     let (gap, _) = wait_event(&mut events, |e| matches!(e, PowerEvent::Gap { .. })).await;
-    let PowerEvent::Gap { from, to, .. } = gap else { unreachable!() };
+    let PowerEvent::Gap { from, to, .. } = gap else {
+        unreachable!()
+    };
     assert_eq!(from, first.end);
     assert_eq!(to.0, second.end.0.saturating_sub(second.window_ns));
     assert!(to > from, "the restart took time: {from:?} → {to:?}");
     cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task).await.expect("stops").expect("joins");
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("stops")
+        .expect("joins");
     assert!(result.is_ok(), "{result:?}");
 }
 
@@ -174,7 +203,10 @@ async fn spawn_permission_error_says_how_to_fix() {
     let err = result.expect_err("not root");
     assert!(matches!(err, PowermetricsError::NotRoot { .. }), "{err:?}");
     let message = err.to_string();
-    assert!(message.contains("sudo") && message.contains("install-powermetrics-sudoers.sh"), "{message}");
+    assert!(
+        message.contains("sudo") && message.contains("install-powermetrics-sudoers.sh"),
+        "{message}"
+    );
     assert!(message.contains("superuser"), "{message}");
     let (ended, _) = wait_event(&mut events, |e| matches!(e, PowerEvent::SourceEnded { .. })).await;
     assert!(matches!(ended, PowerEvent::SourceEnded { reason } if reason.contains("root")));

@@ -1,4 +1,3 @@
-
 mod power_captures;
 mod power_fixtures;
 mod power_hostcpu;

@@ -92,7 +92,12 @@ pub struct EstimateSource {
 impl EstimateSource {
     /// A source with `model`, reading utilisation from `probe` every `interval`.
     #[must_use]
-    pub fn new(model: EstimateModel, probe: CpuProbe, interval: Duration, clock: MonoClock) -> Self {
+    pub fn new(
+        model: EstimateModel,
+        probe: CpuProbe,
+        interval: Duration,
+        clock: MonoClock,
+    ) -> Self {
         Self {
             model,
             probe,
@@ -105,7 +110,11 @@ impl EstimateSource {
     ///
     /// # Errors
     /// [`HostCpuError`] when `/proc/stat` becomes unreadable.
-    pub async fn run(self, out: PowerOutputs, cancel: CancellationToken) -> Result<(), HostCpuError> {
+    pub async fn run(
+        self,
+        out: PowerOutputs,
+        cancel: CancellationToken,
+    ) -> Result<(), HostCpuError> {
         let Self {
             model,
             probe,
@@ -163,10 +172,10 @@ impl EstimateSource {
                     _ => None,
                 }
             };
-            if let Some(sample) = sample {
-                if out.sample_or_cancel(sample, &cancel).await.is_err() {
-                    return Ok(());
-                }
+            if let Some(sample) = sample
+                && out.sample_or_cancel(sample, &cancel).await.is_err()
+            {
+                return Ok(());
             }
         }
     }

@@ -280,7 +280,11 @@ impl PowerOutputs {
     #[must_use]
     pub fn channel(
         capacity: usize,
-    ) -> (Self, mpsc::Receiver<PowerSample>, mpsc::Receiver<PowerEvent>) {
+    ) -> (
+        Self,
+        mpsc::Receiver<PowerSample>,
+        mpsc::Receiver<PowerEvent>,
+    ) {
         let (samples, sample_rx) = mpsc::channel(capacity);
         let (events, event_rx) = mpsc::channel(capacity);
         (Self { samples, events }, sample_rx, event_rx)
@@ -446,7 +450,9 @@ impl VmSelector {
             })
             .collect();
         if patterns.is_empty() {
-            return Err(format!("invalid vm selector {text:?}: expected a pid or names"));
+            return Err(format!(
+                "invalid vm selector {text:?}: expected a pid or names"
+            ));
         }
         Ok(Self::Patterns(patterns))
     }
@@ -506,7 +512,7 @@ pub(crate) fn round_to_u64(value: f64) -> Option<u64> {
     // 2^64 as f64; anything at or above it does not fit.
     const LIMIT: f64 = 18_446_744_073_709_551_616.0;
     let rounded = value.round();
-    if rounded.is_finite() && rounded >= 0.0 && rounded < LIMIT {
+    if (0.0..LIMIT).contains(&rounded) {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Some(rounded as u64)
     } else {

@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::RaplAvailability;
 #[cfg(target_os = "linux")]
 use super::{
-    MonoClock, OutputClosed, PowerEvent, PowerOutputs, PowerSample, Provenance,
-    hostcpu::ProcReader,
+    MonoClock, OutputClosed, PowerEvent, PowerOutputs, PowerSample, Provenance, hostcpu::ProcReader,
 };
 
 /// The powercap class directory.
@@ -249,7 +248,10 @@ impl RaplReader {
         let mut ids: Vec<String> = entries
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|n| n.strip_prefix(ZONE_PREFIX).is_some_and(|rest| !rest.is_empty()))
+            .filter(|n| {
+                n.strip_prefix(ZONE_PREFIX)
+                    .is_some_and(|rest| !rest.is_empty())
+            })
             .collect();
         // Numeric order: intel-rapl:0, intel-rapl:0:0, intel-rapl:0:1, intel-rapl:1, …
         ids.sort_by_key(|id| {
@@ -510,11 +512,7 @@ impl RaplSource {
     ///
     /// # Errors
     /// [`RaplError`] when the counters become unreadable.
-    pub async fn run(
-        self,
-        out: PowerOutputs,
-        cancel: CancellationToken,
-    ) -> Result<(), RaplError> {
+    pub async fn run(self, out: PowerOutputs, cancel: CancellationToken) -> Result<(), RaplError> {
         let Self {
             mut windows,
             mut proc,
@@ -689,7 +687,10 @@ mod tests {
         );
         assert!(matches!(err, RaplError::PermissionDenied { .. }));
         let message = err.to_string();
-        assert!(message.contains("CVE-2020-8694") && message.contains("root"), "{message}");
+        assert!(
+            message.contains("CVE-2020-8694") && message.contains("root"),
+            "{message}"
+        );
     }
 
     proptest! {

@@ -120,7 +120,11 @@ impl ReplaySource {
                 return Err(ReplayError::TextFormat { path });
             }
             while let Some(frame) = stream.next_frame() {
-                if player.play(&mut stream, frame, &out, &cancel).await.is_err() {
+                if player
+                    .play(&mut stream, frame, &out, &cancel)
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
                 if cancel.is_cancelled() {
@@ -129,10 +133,13 @@ impl ReplaySource {
             }
         }
         let mut tail = StreamOutput::default();
-        if let Some(frame) = take_last(&mut stream, player.virtual_end, &mut tail) {
-            if player.play(&mut stream, frame, &out, &cancel).await.is_err() {
-                return Ok(());
-            }
+        if let Some(frame) = take_last(&mut stream, player.virtual_end, &mut tail)
+            && player
+                .play(&mut stream, frame, &out, &cancel)
+                .await
+                .is_err()
+        {
+            return Ok(());
         }
         if send_all(&out, tail, &cancel).await.is_err() {
             return Ok(());
@@ -207,7 +214,8 @@ impl Player {
                             self.clock.now()
                         }
                         Pace::AsFastAsPossible => {
-                            self.virtual_end = MonoNanos(self.virtual_end.0.saturating_add(elapsed));
+                            self.virtual_end =
+                                MonoNanos(self.virtual_end.0.saturating_add(elapsed));
                             self.virtual_end
                         }
                     };

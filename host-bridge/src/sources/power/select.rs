@@ -500,7 +500,10 @@ mod tests {
 
     #[test]
     fn source_choice_parses_names() {
-        assert_eq!("auto".parse::<SourceChoice>().ok(), Some(SourceChoice::Auto));
+        assert_eq!(
+            "auto".parse::<SourceChoice>().ok(),
+            Some(SourceChoice::Auto)
+        );
         assert_eq!(
             "replay:/tmp/x.plist".parse::<SourceChoice>().ok(),
             Some(SourceChoice::Replay(PathBuf::from("/tmp/x.plist")))

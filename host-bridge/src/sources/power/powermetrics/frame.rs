@@ -169,10 +169,7 @@ mod tests {
     const DOC: &[u8] = b"<?xml?><plist><dict></dict></plist>";
 
     fn docs(frames: &[Frame]) -> usize {
-        frames
-            .iter()
-            .filter(|f| matches!(f, Frame::Doc(_)))
-            .count()
+        frames.iter().filter(|f| matches!(f, Frame::Doc(_))).count()
     }
 
     #[test]
@@ -196,7 +193,10 @@ mod tests {
         assert_eq!(framer.next_frame(), None);
         framer.push(&DOC[10..]);
         framer.push(b"\n\0");
-        assert_eq!(framer.next_frame(), Some(Frame::Doc(Bytes::from_static(DOC))));
+        assert_eq!(
+            framer.next_frame(),
+            Some(Frame::Doc(Bytes::from_static(DOC)))
+        );
         assert_eq!(framer.finish(), None);
     }
 
@@ -228,6 +228,9 @@ mod tests {
         let mut small = DocFramer::with_limit(64);
         small.push(b"\0\0  \0");
         assert_eq!(small.next_frame(), None);
-        assert_eq!(framer.next_frame(), Some(Frame::Doc(Bytes::from_static(DOC))));
+        assert_eq!(
+            framer.next_frame(),
+            Some(Frame::Doc(Bytes::from_static(DOC)))
+        );
     }
 }

@@ -110,17 +110,16 @@ pub fn components(doc: &PowermetricsDoc, elapsed_ns: u64) -> Vec<ComponentEnergy
             })
         })
         .collect();
-    if doc.reading("gpu").is_none() {
-        if let Some(mj) = doc.gpu_dict_energy_mj {
-            if let Some(uj) = super::round_to_u64(mj * 1e3) {
-                out.push(ComponentEnergy {
-                    name: "gpu".to_owned(),
-                    energy: MicroJoules(uj),
-                    power_mw: None,
-                    reported_mj: Some(mj),
-                });
-            }
-        }
+    if doc.reading("gpu").is_none()
+        && let Some(mj) = doc.gpu_dict_energy_mj
+        && let Some(uj) = super::round_to_u64(mj * 1e3)
+    {
+        out.push(ComponentEnergy {
+            name: "gpu".to_owned(),
+            energy: MicroJoules(uj),
+            power_mw: None,
+            reported_mj: Some(mj),
+        });
     }
     for cluster in &doc.clusters {
         let reading = EnergyReading {
@@ -226,7 +225,10 @@ pub fn to_sample(
         .map(|c| (c.name, c.energy))
         .collect();
     let vm = vm_share(doc, selector);
-    let host_cpu = match (doc.all_tasks.as_ref().and_then(|t| t.cputime_ns), doc.online_cpus()) {
+    let host_cpu = match (
+        doc.all_tasks.as_ref().and_then(|t| t.cputime_ns),
+        doc.online_cpus(),
+    ) {
         (Some(busy_ns), Some(cpus)) => Some(HostCpu {
             busy_ns,
             capacity_ns: window_ns.saturating_mul(u64::from(cpus)),
@@ -412,14 +414,20 @@ impl DocStream {
             Frame::Doc(doc) => self.document(&doc, end, out),
             Frame::Dropped(Dropped::Incomplete { bytes }) => {
                 self.stats.incomplete += 1;
-                tracing::warn!(bytes, "Incomplete powermetrics document dropped at end of stream.");
+                tracing::warn!(
+                    bytes,
+                    "Incomplete powermetrics document dropped at end of stream."
+                );
                 out.events.push(PowerEvent::IncompleteDocumentDropped {
                     bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
                 });
             }
             Frame::Dropped(Dropped::Oversized { bytes }) => {
                 self.stats.oversized += 1;
-                tracing::warn!(bytes, "Oversized powermetrics output without a NUL dropped.");
+                tracing::warn!(
+                    bytes,
+                    "Oversized powermetrics output without a NUL dropped."
+                );
                 out.events.push(PowerEvent::DocumentRejected {
                     reason: format!("{bytes} bytes without a document separator"),
                 });
@@ -517,9 +525,7 @@ impl DocStream {
 ///
 /// # Errors
 /// [`PlistError::TextFormat`] when the capture is text output.
-pub fn parse_capture(
-    bytes: &[u8],
-) -> Result<Vec<Result<PowermetricsDoc, PlistError>>, PlistError> {
+pub fn parse_capture(bytes: &[u8]) -> Result<Vec<Result<PowermetricsDoc, PlistError>>, PlistError> {
     if parse::looks_like_text_format(bytes) {
         return Err(PlistError::TextFormat);
     }

@@ -187,12 +187,10 @@ pub fn parse_document(doc: &[u8]) -> Result<PowermetricsDoc, PlistError> {
     }
     let mut cursor = Cursor::new(doc);
     let mut out = PowermetricsDoc::default();
-    loop {
-        match cursor.next_tok()? {
-            Tok::Open(Tag::Plist) => break,
-            Tok::Eof => return Err(PlistError::Truncated),
-            other => return Err(structure("<plist>", &other)),
-        }
+    match cursor.next_tok()? {
+        Tok::Open(Tag::Plist) => {}
+        Tok::Eof => return Err(PlistError::Truncated),
+        other => return Err(structure("<plist>", &other)),
     }
     match cursor.next_tok()? {
         Tok::Open(Tag::Dict) => cursor.dict(|c, key| root_entry(c, key, &mut out))?,
@@ -433,6 +431,9 @@ impl Tok<'_> {
     }
 }
 
+/// A scalar value: its element and raw text.
+type Scalar<'a> = (Tag, Cow<'a, [u8]>);
+
 /// The event walker over one borrowed document.
 struct Cursor<'a> {
     reader: Reader<&'a [u8]>,
@@ -593,7 +594,7 @@ impl<'a> Cursor<'a> {
     /// Nesting of the same name is counted; comments and CDATA are stepped over. Error
     /// positions reported after a skip are relative to where quick-xml last read.
     fn skip_to_end_tag(&mut self, name: &[u8]) -> Result<(), PlistError> {
-        let rest: &'a [u8] = *self.reader.get_ref();
+        let rest: &'a [u8] = self.reader.get_ref();
         let mut depth = 0usize;
         let mut i = 0;
         while let Some(offset) = rest[i..].iter().position(|&b| b == b'<') {
@@ -628,7 +629,7 @@ impl<'a> Cursor<'a> {
 
     /// The raw text of a scalar value, or `None` (after skipping) when the value is not one of
     /// `accepted`.
-    fn scalar(&mut self, accepted: &[Tag]) -> Result<Option<(Tag, Cow<'a, [u8]>)>, PlistError> {
+    fn scalar(&mut self, accepted: &[Tag]) -> Result<Option<Scalar<'a>>, PlistError> {
         match self.next_tok()? {
             Tok::Open(tag) if accepted.contains(&tag) => Ok(Some((tag, self.text()?))),
             Tok::Empty(tag) if accepted.contains(&tag) => Ok(Some((tag, Cow::Borrowed(b"")))),

@@ -163,7 +163,9 @@ pub fn powermetrics_args(macos_major: u32, interval: Duration, ane_sampler: bool
     } else {
         "--sample-interval"
     };
-    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+    let interval_ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     vec![
         "--samplers".to_owned(),
         samplers.join(","),
@@ -442,7 +444,10 @@ impl Supervisor<'_> {
             }
         };
         tracing::info!(command = %shown, pid = child.id(), "Powermetrics started.");
-        let stderr_task = child.stderr.take().map(|stderr| tokio::spawn(drain_stderr(stderr)));
+        let stderr_task = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(drain_stderr(stderr)));
         let Some(mut stdout) = child.stdout.take() else {
             return Err(PowermetricsError::Read(std::io::Error::other(
                 "child stdout was not piped",
@@ -517,19 +522,21 @@ impl Supervisor<'_> {
         }
         for sample in output.samples {
             let start = MonoNanos(sample.end.0.saturating_sub(sample.window_ns));
-            if let (Some(reason), Some(from)) = (self.pending_gap.take(), self.last_end) {
-                if start > from {
-                    tracing::warn!(from = from.0, to = start.0, "Power data gap recorded.");
-                    out.event_or_cancel(
-                        PowerEvent::Gap {
-                            from,
-                            to: start,
-                            reason,
-                        },
-                        cancel,
-                    )
-                    .await?;
-                }
+            // A restart whose first window overlaps the last one (powermetrics' first sample
+            // can reach back before the restart) leaves no gap to record.
+            if let (Some(reason), Some(from)) = (self.pending_gap.take(), self.last_end)
+                && start > from
+            {
+                tracing::warn!(from = from.0, to = start.0, "Power data gap recorded.");
+                out.event_or_cancel(
+                    PowerEvent::Gap {
+                        from,
+                        to: start,
+                        reason,
+                    },
+                    cancel,
+                )
+                .await?;
             }
             self.last_end = Some(sample.end);
             out.sample_or_cancel(sample, cancel).await?;
@@ -610,13 +617,21 @@ mod tests {
     #[test]
     fn args_use_long_names_and_release_flags() {
         let modern = powermetrics_args(14, Duration::from_millis(500), true);
-        assert!(modern.iter().all(|a| !a.starts_with('-') || a.starts_with("--")));
+        assert!(
+            modern
+                .iter()
+                .all(|a| !a.starts_with('-') || a.starts_with("--"))
+        );
         assert_eq!(modern[1], "cpu_power,gpu_power,ane_power,tasks");
         assert!(modern.windows(2).any(|w| w == ["--sample-rate", "500"]));
         assert!(modern.windows(2).any(|w| w == ["--format", "plist"]));
         let big_sur = powermetrics_args(11, Duration::from_secs(1), true);
         assert_eq!(big_sur[1], "cpu_power,gpu_power,tasks");
-        assert!(big_sur.windows(2).any(|w| w == ["--sample-interval", "1000"]));
+        assert!(
+            big_sur
+                .windows(2)
+                .any(|w| w == ["--sample-interval", "1000"])
+        );
         let no_ane = powermetrics_args(15, Duration::from_secs(1), false);
         assert_eq!(no_ane[1], "cpu_power,gpu_power,tasks");
     }
