@@ -171,3 +171,69 @@ fn fixture_text_format_is_refused() {
     assert!(matches!(err, PlistError::TextFormat));
     assert!(err.to_string().contains("plist output"));
 }
+
+mod chunking {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples_in_chunks(
+        bytes: &[u8],
+        cuts: &[usize],
+    ) -> Vec<host_bridge::sources::power::PowerSample> {
+        let mut stream = DocStream::new(VmSelector::macos_default());
+        let mut samples = Vec::new();
+        let mut start = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        for cut in cuts.into_iter().chain(std::iter::once(bytes.len())) {
+            samples.extend(
+                stream
+                    .push(&bytes[start..cut.max(start)], MonoNanos(7))
+                    .samples,
+            );
+            start = cut.max(start);
+        }
+        samples.extend(stream.finish(MonoNanos(7)).samples);
+        samples
+    }
+
+    proptest! {
+        /// However the stream is cut into reads, the same documents come out.
+        #[test]
+        fn stream_chunk_boundaries_do_not_change_samples(
+            cuts in proptest::collection::vec(0usize..20_000, 0..12),
+        ) {
+            let bytes = read("apple-silicon-docker-3x1s.plist");
+            let whole = samples_in_chunks(&bytes, &[]);
+            prop_assert_eq!(whole.len(), 3);
+            prop_assert_eq!(samples_in_chunks(&bytes, &cuts), whole);
+        }
+
+        /// Arbitrary bytes never panic the framer or the parser.
+        #[test]
+        fn stream_arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            cut in 0usize..4096,
+        ) {
+            let cut = cut.min(bytes.len());
+            let mut stream = DocStream::new(VmSelector::macos_default());
+            let first = stream.push(&bytes[..cut], MonoNanos(1));
+            let second = stream.push(&bytes[cut..], MonoNanos(2));
+            let last = stream.finish(MonoNanos(3));
+            prop_assert!(first.samples.len() + second.samples.len() + last.samples.len() <= 1);
+        }
+
+        /// A corrupted byte inside a valid capture costs at most that document.
+        #[test]
+        fn stream_corrupted_byte_loses_at_most_one_document(
+            at in 0usize..9_000,
+            value in any::<u8>(),
+        ) {
+            let mut bytes = read("apple-silicon-docker-3x1s.plist");
+            let at = at % bytes.len();
+            bytes[at] = value;
+            let samples = samples_in_chunks(&bytes, &[]);
+            prop_assert!(samples.len() >= 2, "{} samples", samples.len());
+        }
+    }
+}

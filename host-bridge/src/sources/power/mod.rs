@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use select::{
-    HostOs, PowerConfig, PowerError, PowerSourceKind, RaplAvailability, SelectError, Selection,
-    SelectionProbe, SourceChoice, probe_host, program_exists, run_power, select_source,
+    HostOs, PowerConfig, PowerSourceKind, RaplAvailability, SelectError, Selection, SelectionProbe,
+    SourceChoice, probe_host, program_exists, run_power, select_source,
 };
 
 /// Host energy over one window `[end - window_ns, end]` on the bridge's monotonic clock.
@@ -254,6 +254,26 @@ pub enum PowerEvent {
         /// Why.
         reason: String,
     },
+}
+
+/// A power source that stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerError {
+    /// The choice cannot be honoured.
+    #[error("failed to select a power source")]
+    Select(#[from] SelectError),
+    /// powermetrics failed.
+    #[error("powermetrics source failed")]
+    Powermetrics(#[from] powermetrics::spawn::PowermetricsError),
+    /// RAPL failed.
+    #[error("rapl source failed")]
+    Rapl(#[from] rapl::RaplError),
+    /// Replay failed.
+    #[error("replay source failed")]
+    Replay(#[from] replay::ReplayError),
+    /// Host CPU counters failed (estimate).
+    #[error("estimate source failed")]
+    HostCpu(#[from] hostcpu::HostCpuError),
 }
 
 /// Where a source sends its output.

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::estimate::{self, CpuProbe, EstimateModel, EstimateSource};
-use super::hostcpu::{self, HostCpuError, ProcReader};
-use super::powermetrics::spawn::{PowermetricsConfig, PowermetricsError, PowermetricsSource};
+use super::hostcpu::{self, ProcReader};
+use super::powermetrics::spawn::{PowermetricsConfig, PowermetricsSource};
 use super::rapl::{self, RaplConfig, RaplError, RaplReader};
-use super::replay::{Pace, ReplayConfig, ReplayError, ReplaySource};
-use super::{MonoClock, PowerEvent, PowerOutputs, VmSelector};
+use super::replay::{Pace, ReplayConfig, ReplaySource};
+use super::{MonoClock, PowerError, PowerEvent, PowerOutputs, VmSelector};
 
 /// The kinds of power source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -277,26 +277,6 @@ impl Default for PowerConfig {
             replay_pace: Pace::Recorded,
         }
     }
-}
-
-/// A power source that stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum PowerError {
-    /// The choice cannot be honoured.
-    #[error("failed to select a power source")]
-    Select(#[from] SelectError),
-    /// powermetrics failed.
-    #[error("powermetrics source failed")]
-    Powermetrics(#[from] PowermetricsError),
-    /// RAPL failed.
-    #[error("rapl source failed")]
-    Rapl(#[from] RaplError),
-    /// Replay failed.
-    #[error("replay source failed")]
-    Replay(#[from] ReplayError),
-    /// Host CPU counters failed (estimate).
-    #[error("estimate source failed")]
-    HostCpu(#[from] HostCpuError),
 }
 
 /// Whether `program` can be run: a path that is a file, or a name found on `path_var`.

@@ -637,6 +637,18 @@ mod tests {
     }
 
     #[test]
+    fn sudoers_script_allows_exactly_these_arguments() {
+        let script = include_str!("../../../../../scripts/install-powermetrics-sudoers.sh");
+        let args = powermetrics_args(14, DEFAULT_INTERVAL, true);
+        assert!(script.contains(&format!("SAMPLERS_WITH_ANE=\"{}\"", args[1])));
+        let without = powermetrics_args(14, DEFAULT_INTERVAL, false);
+        assert!(script.contains(&format!("SAMPLERS_WITHOUT_ANE=\"{}\"", without[1])));
+        assert!(script.contains(&format!("FIXED_ARGS=\"{}\"", args[2..8].join(" "))));
+        assert_eq!(args[8..], ["--sample-rate", "1000"]);
+        assert!(script.contains("INTERVAL_MS=1000") && script.contains("--sample-rate"));
+    }
+
+    #[test]
     fn macos_major_parses_product_version() {
         assert_eq!(parse_macos_major("14.6.1\n"), Some(14));
         assert_eq!(parse_macos_major("26.0"), Some(26));
