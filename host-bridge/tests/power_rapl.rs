@@ -8,14 +8,11 @@
 #![cfg(test)]
 
 use std::path::Path;
-use std::time::Duration;
 
 use host_bridge::sources::power::rapl::{
-    RaplConfig, RaplDomain, RaplError, RaplReader, RaplSource, RaplWindow, RaplWindows,
+    RaplDomain, RaplError, RaplReader, RaplWindow, RaplWindows,
 };
-use host_bridge::sources::power::{MonoClock, PowerEvent, PowerOutputs, Provenance};
 use protocol::{MicroJoules, MonoNanos};
-use tokio_util::sync::CancellationToken;
 
 const RANGE: u64 = 262_143_328_850;
 const MAX_WATTS: u64 = 1_000;
@@ -234,8 +231,13 @@ fn rapl_unreadable_energy_uj_is_permission_denied() {
     assert!(err.to_string().contains("CVE-2020-8694"));
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(start_paused = true)]
 async fn rapl_source_emits_samples_then_reset_gap() {
+    use host_bridge::sources::power::rapl::{RaplConfig, RaplSource};
+    use host_bridge::sources::power::{MonoClock, PowerEvent, PowerOutputs, Provenance};
+    use tokio_util::sync::CancellationToken;
+
     let dir = tempfile::tempdir().expect("tempdir");
     laptop(dir.path());
     let reader = RaplReader::new(dir.path()).expect("reads");
@@ -245,7 +247,7 @@ async fn rapl_source_emits_samples_then_reset_gap() {
         reader,
         None,
         RaplConfig {
-            interval: Duration::from_secs(1),
+            interval: std::time::Duration::from_secs(1),
             max_zone_watts: MAX_WATTS,
         },
         MonoClock::new(),
