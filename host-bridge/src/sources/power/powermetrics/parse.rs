@@ -574,6 +574,10 @@ impl<'a> Cursor<'a> {
             Tok::Eof => return Err(PlistError::Truncated),
             Tok::Close(_) => return Err(structure("a value", &tok)),
             Tok::OpenOther(name) => name,
+            // Scalars are one text event and their end tag.
+            Tok::Open(
+                Tag::Key | Tag::String | Tag::Integer | Tag::Real | Tag::Date | Tag::Data,
+            ) => return self.text().map(|_| ()),
             Tok::Open(tag) => tag_name(*tag),
         };
         self.skip_to_end_tag(name)?;
