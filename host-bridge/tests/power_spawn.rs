@@ -94,9 +94,12 @@ async fn wait_event(
 async fn spawn_streams_documents_with_delays_and_stops_on_cancel() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = write_docs(dir.path(), "apple-silicon-docker-3x1s.plist");
+    // NUL before each document but the first, none after the last (as recent powermetrics
+    // writes it): every document must arrive while the child is still running.
     let path = stand_in(
         dir.path(),
-        "for f in doc*; do cat \"$f\"; printf '\\000'; sleep 0.05; done\nexec sleep 60",
+        "sep=''\nfor f in doc*; do printf \"$sep\"; cat \"$f\"; sep='\\000'; sleep 0.05; done\n\
+         exec sleep 60",
     );
     let (out, mut samples, mut events) = PowerOutputs::channel(8);
     let cancel = CancellationToken::new();
@@ -228,4 +231,38 @@ async fn spawn_gives_up_after_repeated_failures() {
         matches!(&err, PowermetricsError::GaveUp { failures: 3, last } if last.contains("boom")),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn spawn_streams_real_capture_when_present() {
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../shared/fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist",
+    );
+    if !capture.is_file() {
+        println!("skipped: real capture not found at {}", capture.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "head -c 1000000 '{0}'; sleep 0.05; tail -c +1000001 '{0}'\nexec sleep 60",
+        capture.display()
+    );
+    let path = stand_in(dir.path(), &body);
+    let (out, mut samples, _events) = PowerOutputs::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(
+        PowermetricsSource::new(config(path), MonoClock::new()).run(out, cancel.clone()),
+    );
+    let mut vm_cpu = 0;
+    for _ in 0..29 {
+        let sample = next_sample(&mut samples).await;
+        vm_cpu += sample.vm_share.map_or(0, |s| s.vm_cpu_ns);
+    }
+    assert!(vm_cpu > 0, "the Docker VM task is found");
+    cancel.cancel();
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("stops")
+        .expect("joins");
+    assert!(result.is_ok(), "{result:?}");
 }

@@ -2,9 +2,10 @@
 //!
 //! powermetrics separates documents with a NUL (`</plist>\n\0<?xml`). Whether the last
 //! document is followed by a NUL varies (the 2014 Intel stream has one, recent captures cut at
-//! kill time do not), so a trailing chunk that holds a complete `</plist>` at end of stream is a
-//! document, and one that does not is incomplete: held while more bytes may come, dropped and
-//! counted at EOF (powermetrics.md §2, GMT #286). A chunk that grows past [`MAX_DOC_BYTES`]
+//! kill time do not), so a document is complete when its buffered bytes end with `</plist>`
+//! (it is emitted then, and stamped on that arrival, not one interval later when the next NUL
+//! comes) or when a NUL follows it. A chunk without `</plist>` is incomplete: held while more
+//! bytes may come, dropped and counted at EOF (powermetrics.md §2, §9; GMT #286). A chunk that grows past [`MAX_DOC_BYTES`]
 //! without a NUL is dropped too, so a stream that never sends a NUL cannot exhaust memory.
 
 use bytes::{Bytes, BytesMut};
@@ -105,6 +106,14 @@ impl DocFramer {
                 if self.discarding {
                     self.buf.clear();
                     self.scanned = 0;
+                    return None;
+                }
+                // A document is complete when `</plist>` arrives: do not wait for the NUL,
+                // which recent powermetrics writes only when the next document starts.
+                if ends_with_plist_close(self.buf.trim_ascii_end()) {
+                    let doc = trim(self.buf.split().freeze());
+                    self.scanned = 0;
+                    return Some(Frame::Doc(doc));
                 }
                 return None;
             };
@@ -184,6 +193,25 @@ mod tests {
         let frames = split_capture(&stream);
         assert_eq!(docs(&frames), 4);
         assert_eq!(frames[0], Frame::Doc(Bytes::from_static(DOC)));
+    }
+
+    #[test]
+    fn framer_emits_on_plist_close_without_waiting_for_nul() {
+        let mut framer = DocFramer::new();
+        framer.push(DOC);
+        framer.push(b"\n");
+        assert_eq!(
+            framer.next_frame(),
+            Some(Frame::Doc(Bytes::from_static(DOC)))
+        );
+        framer.push(b"\0");
+        framer.push(DOC);
+        assert_eq!(
+            framer.next_frame(),
+            Some(Frame::Doc(Bytes::from_static(DOC)))
+        );
+        assert_eq!(framer.next_frame(), None);
+        assert_eq!(framer.finish(), None);
     }
 
     #[test]
