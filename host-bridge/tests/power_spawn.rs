@@ -211,7 +211,19 @@ async fn spawn_permission_error_says_how_to_fix() {
         "{message}"
     );
     assert!(message.contains("superuser"), "{message}");
-    let (ended, _) = wait_event(&mut events, |e| matches!(e, PowerEvent::SourceEnded { .. })).await;
+    let (ended, before) =
+        wait_event(&mut events, |e| matches!(e, PowerEvent::SourceEnded { .. })).await;
+    assert!(
+        before.iter().any(
+            |e| matches!(e, PowerEvent::SourceWarning { message } if message.contains("superuser"))
+        ),
+        "{before:?}"
+    );
+    assert!(
+        !before
+            .iter()
+            .any(|e| matches!(e, PowerEvent::IncompleteDocumentDropped { .. }))
+    );
     assert!(matches!(ended, PowerEvent::SourceEnded { reason } if reason.contains("root")));
 }
 

@@ -393,6 +393,23 @@ impl DocStream {
         if self.text_format {
             return out;
         }
+        // Leftover text that is not the start of a document (the child printed a message such
+        // as "powermetrics must be invoked as the superuser") is a warning, not a truncation.
+        let head = self.framer.head().trim_ascii();
+        if !head.is_empty() && head.first() != Some(&b'<') && !head.contains(&b'<') {
+            for line in String::from_utf8_lossy(head).lines().take(5) {
+                let line = line.trim();
+                if !line.is_empty() {
+                    self.stats.stray_lines += 1;
+                    tracing::warn!(line = %line, "Powermetrics printed text instead of a document.");
+                    out.events.push(PowerEvent::SourceWarning {
+                        message: line.to_owned(),
+                    });
+                }
+            }
+            let _dropped = self.framer.finish();
+            return out;
+        }
         if let Some(frame) = self.framer.finish() {
             self.frame(frame, end, &mut out);
         }

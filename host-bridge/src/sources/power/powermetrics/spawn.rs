@@ -107,8 +107,8 @@ impl Default for PowermetricsConfig {
 
 /// What to tell a user whose powermetrics is not running as root.
 pub const ROOT_HINT: &str = "powermetrics must run as root: start the bridge with sudo, or \
-     install the sudoers rule with `sudo scripts/install-powermetrics-sudoers.sh` so the \
-     unprivileged bridge can run `sudo -n /usr/bin/powermetrics`";
+     install the sudoers rule with `sudo scripts/install-powermetrics-sudoers.sh --interval-ms \
+     <the bridge's interval>` so the unprivileged bridge can run `sudo -n /usr/bin/powermetrics`";
 
 /// Failure of the powermetrics source.
 #[derive(Debug, thiserror::Error)]
