@@ -2,8 +2,10 @@
 //!
 //! Why not the `plist` crate: it builds the whole tree (~40 MB/s on the GMT capture) and its
 //! serde path rejects the duplicate `gpu.idle_*` keys every Apple Silicon capture has. This
-//! parser walks quick-xml events over the borrowed document, keeps only the keys the bridge
-//! needs and skips every other subtree with `read_to_end`, which allocates nothing.
+//! parser walks quick-xml events over the borrowed document and keeps only the keys the bridge
+//! needs. Unneeded scalars are consumed as one text event; unneeded dicts and arrays (most of a
+//! document: DVFS states, timer wakeups, interrupts) are skipped by scanning the raw bytes for
+//! their matching end tag, which produces no events and allocates nothing.
 //!
 //! Tolerated (powermetrics.md §2, §5): duplicate keys (the last value wins), XML comments,
 //! stray non-XML lines between elements (powermetrics diagnostics such as `warning: time went
