@@ -147,29 +147,32 @@ impl std::fmt::Display for Provenance {
     }
 }
 
-/// The bridge's monotonic clock, as [`MonoNanos`].
+/// The bridge's monotonic clock, as [`MonoNanos`], for the power sources.
 ///
-/// Origin: the moment the clock was created (one clock per bridge, cloned into every source and
-/// connection, so all arrival stamps share it). It reads `tokio::time::Instant`, which is the OS
-/// monotonic clock in production and honours paused time in tests.
+/// It reads the same time line as [`crate::clock::mono_now`] (the host monotonic clock, shared
+/// with guest arrival stamps and across bridge restarts), but advances with
+/// `tokio::time::Instant`, so sources honour paused time in tests.
 #[derive(Clone, Copy, Debug)]
 pub struct MonoClock {
     origin: tokio::time::Instant,
+    origin_mono: MonoNanos,
 }
 
 impl MonoClock {
-    /// A clock whose origin is now.
+    /// A clock anchored to the host monotonic clock now.
     #[must_use]
     pub fn new() -> Self {
         Self {
             origin: tokio::time::Instant::now(),
+            origin_mono: crate::clock::mono_now(),
         }
     }
 
-    /// Nanoseconds since the clock's origin.
+    /// The host monotonic clock now.
     #[must_use]
     pub fn now(&self) -> MonoNanos {
-        MonoNanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        let since = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        MonoNanos(self.origin_mono.0.saturating_add(since))
     }
 }
 
