@@ -695,7 +695,9 @@ impl Engine {
                 })
                 .collect();
             let span = end.t.min(b).saturating_sub(start.t.max(a));
-            let degraded = vm.degraded.iter().any(|&(x, y)| x < b && y > a);
+            // A live VM without a sample in or after the window (paused, sleeping, or gone)
+            // cannot be split either.
+            let degraded = span == 0 || vm.degraded.iter().any(|&(x, y)| x < b && y > a);
             vm.degraded.retain(|&(_, y)| y > b);
             data.push(VmData {
                 vm: i,
