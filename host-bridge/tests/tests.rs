@@ -1,2 +1,4 @@
-
+#[cfg(test)]
+mod attribution_props;
+#[cfg(test)]
 mod sim;

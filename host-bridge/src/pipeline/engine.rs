@@ -390,7 +390,8 @@ impl Engine {
     }
 
     fn probe(&mut self, vm: usize, guest_send: u64, host_recv: u64) {
-        if let Observed::Discontinuity(_) = self.vms[vm].clock.observe_one_way(guest_send, host_recv)
+        if let Observed::Discontinuity(_) =
+            self.vms[vm].clock.observe_one_way(guest_send, host_recv)
         {
             self.quality.clock_jumps += 1;
         }
@@ -536,10 +537,7 @@ impl Engine {
             start,
             end,
             energy: p.energy.0,
-            vm_cpu: p
-                .vm_share
-                .as_ref()
-                .map(|v| (v.vm_cpu_ns, v.total_cpu_ns)),
+            vm_cpu: p.vm_share.as_ref().map(|v| (v.vm_cpu_ns, v.total_cpu_ns)),
             impact: p.vm_share.as_ref().and_then(|v| {
                 match (v.vm_energy_impact, v.total_energy_impact) {
                     (Some(a), Some(b)) => Some((impact_units(a), impact_units(b))),
@@ -718,14 +716,41 @@ impl Engine {
             idle_estimated: matches!(self.cfg.idle, IdleModel::EstimatedFraction { .. }),
             ..WindowFlags::default()
         };
-        let guest_busy_ns: u64 = data.iter().map(|d| d.busy).sum::<u64>().saturating_mul(1_000);
+        // When a VM's samples and the power readings cover different parts of the window (the
+        // VM's first or last window, a power gap), the VM's deltas are scaled to the
+        // power-covered part, so that its share against host CPU time (overhead, fallback
+        // share) is neither under- nor overstated. Ratios inside the VM are kept.
+        let scaled: Vec<(u64, Vec<u64>)> = data
+            .iter()
+            .map(|d| {
+                let span = u64::from(d.coverage_ppm);
+                let want = u64::from(flags.power_coverage_ppm);
+                if span == 0 || want == 0 || span == want {
+                    return (d.busy, d.usage.clone());
+                }
+                let scale = |v: u64| {
+                    u64::try_from(u128::from(v) * u128::from(want) / u128::from(span))
+                        .unwrap_or(u64::MAX)
+                };
+                (scale(d.busy), d.usage.iter().map(|&u| scale(u)).collect())
+            })
+            .collect();
+        let guest_busy_ns: u64 = scaled
+            .iter()
+            .map(|d| d.0)
+            .sum::<u64>()
+            .saturating_mul(1_000);
         let cpu_share = vm_cpu
             .map(|(n, d)| Share { num: n, den: d })
             .filter(|s| s.den > 0)
             .or_else(|| {
                 host.map(|(busy, cap)| Share {
                     num: guest_busy_ns,
-                    den: if busy > 0 { busy.max(guest_busy_ns) } else { cap },
+                    den: if busy > 0 {
+                        busy.max(guest_busy_ns)
+                    } else {
+                        cap
+                    },
                 })
                 .filter(|s| s.den > 0)
             });
@@ -759,9 +784,10 @@ impl Engine {
 
         let inputs: Vec<VmInput<'_>> = data
             .iter()
-            .map(|d| VmInput {
-                busy_us: d.busy,
-                usage_us: &d.usage,
+            .zip(&scaled)
+            .map(|(d, (busy, usage))| VmInput {
+                busy_us: *busy,
+                usage_us: usage,
                 reserve: &d.reserve,
                 vm_reserve: u64::from(self.vms[d.vm].cpus.max(1)),
                 degraded: d.degraded,
