@@ -194,7 +194,10 @@ fn spread(amount: u64, input: &WindowInput<'_>, how: Spread) -> Spreaded {
     if how == Spread::Usage
         && let Some(vm_cpu_ns) = input.vm_cpu_ns
     {
-        let busy_ns: u64 = vm_weights.iter().sum::<u64>().saturating_mul(1_000);
+        let busy_ns: u64 = vm_weights
+            .iter()
+            .fold(0u64, |acc, &w| acc.saturating_add(w))
+            .saturating_mul(1_000);
         if vm_cpu_ns > 0 {
             if busy_ns > vm_cpu_ns {
                 out.clamped = true;
@@ -222,7 +225,10 @@ fn spread(amount: u64, input: &WindowInput<'_>, how: Spread) -> Spreaded {
         }
         match how {
             Spread::Usage => {
-                let used: u64 = vm.usage_us.iter().sum();
+                let used: u64 = vm
+                    .usage_us
+                    .iter()
+                    .fold(0u64, |acc, &u| acc.saturating_add(u));
                 if used > vm.busy_us {
                     out.clamped = true;
                 }
