@@ -66,6 +66,7 @@ proptest! {
         let reserve: Vec<Vec<u64>> = vms.iter().map(|v| v.1.iter().map(|c| c.1).collect()).collect();
         let inputs: Vec<VmInput<'_>> = vms.iter().enumerate().map(|(i, v)| VmInput {
             busy_us: v.0,
+            scaled_busy_us: v.0 / 2 + v.3,
             usage_us: &usage[i],
             reserve: &reserve[i],
             vm_reserve: v.3,

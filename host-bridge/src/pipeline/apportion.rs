@@ -59,7 +59,12 @@ pub struct Share {
 #[derive(Clone, Copy, Debug)]
 pub struct VmInput<'a> {
     /// U: Δ guest busy time (user + nice + system + irq + softirq; no steal, no guest), µs.
+    /// Splits the VM's energy between containers and `vm-system`.
     pub busy_us: u64,
+    /// U scaled to the power-covered part of the window (equal to `busy_us` when the VM's
+    /// samples cover the same time as the power readings). Used at host level: VM overhead
+    /// and the split between VMs.
+    pub scaled_busy_us: u64,
     /// u_c: Δ`usage_usec` per container slot, µs.
     pub usage_us: &'a [u64],
     /// Reservation weight per container slot (CPU limit in millicores, else the VM's capacity;
@@ -183,7 +188,7 @@ fn spread(amount: u64, input: &WindowInput<'_>, how: Spread) -> Spreaded {
         .vms
         .iter()
         .map(|v| match how {
-            Spread::Usage => v.busy_us,
+            Spread::Usage => v.scaled_busy_us,
             Spread::Reservation => v.vm_reserve,
         })
         .collect();
@@ -377,6 +382,7 @@ mod tests {
     fn vm<'a>(busy: u64, usage: &'a [u64], reserve: &'a [u64]) -> VmInput<'a> {
         VmInput {
             busy_us: busy,
+            scaled_busy_us: busy,
             usage_us: usage,
             reserve,
             vm_reserve: 4,

@@ -742,6 +742,7 @@ impl Engine {
             usage: Vec<u64>,
             reserve: Vec<u64>,
             coverage_ppm: u32,
+            span_ns: u64,
             degraded: bool,
             offset_error_ns: u64,
         }
@@ -790,6 +791,7 @@ impl Engine {
                 usage,
                 reserve,
                 coverage_ppm: ratio_ppm(u128::from(span), u128::from(window_ns)),
+                span_ns: span,
                 degraded,
                 offset_error_ns: vm.clock.estimate().map_or(0, |o| o.error_ns),
             });
@@ -804,27 +806,23 @@ impl Engine {
             ..WindowFlags::default()
         };
         // When a VM's samples and the power readings cover different parts of the window (the
-        // VM's first or last window, a power gap), the VM's deltas are scaled to the
-        // power-covered part, so that its share against host CPU time (overhead, fallback
-        // share) is neither under- nor overstated. Ratios inside the VM are kept.
-        let scaled: Vec<(u64, Vec<u64>)> = data
+        // VM's first or last window, a power gap), the VM's busy time is scaled to the
+        // power-covered part for the host-level uses (overhead, fallback share, split between
+        // VMs), so that it is neither under- nor overstated. The split inside the VM uses the
+        // measured deltas.
+        let scaled: Vec<u64> = data
             .iter()
             .map(|d| {
-                let span = u64::from(d.coverage_ppm);
-                let want = u64::from(flags.power_coverage_ppm);
-                if span == 0 || want == 0 || span == want {
-                    return (d.busy, d.usage.clone());
+                if d.span_ns == 0 || covered == 0 || d.span_ns == covered {
+                    return d.busy;
                 }
-                let scale = |v: u64| {
-                    u64::try_from(u128::from(v) * u128::from(want) / u128::from(span))
-                        .unwrap_or(u64::MAX)
-                };
-                (scale(d.busy), d.usage.iter().map(|&u| scale(u)).collect())
+                u64::try_from(u128::from(d.busy) * u128::from(covered) / u128::from(d.span_ns))
+                    .unwrap_or(u64::MAX)
             })
             .collect();
         let guest_busy_ns: u64 = scaled
             .iter()
-            .fold(0u64, |acc, d| acc.saturating_add(d.0))
+            .fold(0u64, |acc, &b| acc.saturating_add(b))
             .saturating_mul(1_000);
         let cpu_share = vm_cpu
             .map(|(n, d)| Share { num: n, den: d })
@@ -873,9 +871,10 @@ impl Engine {
         let inputs: Vec<VmInput<'_>> = data
             .iter()
             .zip(&scaled)
-            .map(|(d, (busy, usage))| VmInput {
-                busy_us: *busy,
-                usage_us: usage,
+            .map(|(d, &scaled_busy)| VmInput {
+                busy_us: d.busy,
+                scaled_busy_us: scaled_busy,
+                usage_us: &d.usage,
                 reserve: &d.reserve,
                 vm_reserve: u64::from(self.vms[d.vm].cpus.max(1)),
                 degraded: d.degraded,
