@@ -1187,4 +1187,37 @@ mod tests {
         assert!(x.abs_diff(3 * y) <= 10, "x {x} y {y}");
         assert!(att.ledger.conserved());
     }
+
+    #[test]
+    fn host_reboot_starts_a_new_time_line_and_keeps_the_ledger() {
+        let session = |mono: u64| {
+            RecordEntry::Session(crate::recording::SessionStart {
+                bridge_version: "t".into(),
+                mono: MonoNanos(mono),
+                unix: UnixNanos(0),
+                hostname: "h".into(),
+                os: "linux".into(),
+            })
+        };
+        let mut e = vec![session(T0 - S)];
+        e.extend(recording(None, None));
+        // The host rebooted: its monotonic clock restarts near zero; the VM rebooted too.
+        e.push(session(2 * S));
+        e.push(guest(1, 3 * S, hello("b-after", 1, "vm")));
+        for k in 1..=20 {
+            let h = 3 * S + k * S;
+            e.push(guest(
+                1,
+                h + 1_000,
+                sample(k, h, k * 600_000, &[("a", k * 500_000)]),
+            ));
+            e.push(power(h, 1_000_000, None));
+        }
+        let att = super::super::attribute_recording(&e, cfg(VmShareBasis::CpuTime)).unwrap();
+        assert_eq!(att.ledger.total(), MicroJoules(40_000_000));
+        assert!(att.ledger.conserved());
+        let a = att.ledger.container("vm", "a").unwrap();
+        assert!(a.cpu.0.abs_diff(38 * 500_000) <= 2, "{:?}", a.cpu);
+        assert!(att.windows.iter().any(|w| w.start.0 < T0));
+    }
 }
