@@ -9,4 +9,6 @@
 
 pub mod clock;
 pub mod recording;
+pub mod report;
+pub mod sinks;
 pub mod sources;
