@@ -94,41 +94,49 @@ fn unix_us(start_unix_ns: u64, t_s: f64) -> u64 {
     start_unix_ns / 1_000 + (t_s.max(0.0) * 1e6).round() as u64
 }
 
-/// The per-container energy file of `report`.
+/// The per-container energy file of `report`, one line per container every
+/// `windows_per_line` attribution windows (1 = every window). A coarser cadence keeps
+/// intermittently idle containers within GMT's sampling-rate tolerance.
 #[must_use]
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // window_s is small, ≥ 0
-pub fn container_energy(report: &Report) -> GmtFile {
+pub fn container_energy(report: &Report, windows_per_line: usize) -> GmtFile {
+    let per_line = windows_per_line.max(1);
     let mut carried: BTreeMap<&str, u64> = BTreeMap::new();
     let mut text = String::new();
     let mut lines = 0;
-    for point in &report.series {
-        let ts = unix_us(report.start_unix_ns, point.t_end_s);
+    for chunk in report.series.chunks(per_line) {
+        let end = chunk.last().expect("chunks are never empty");
+        let ts = unix_us(report.start_unix_ns, end.t_end_s);
         for c in &report.containers {
-            let uj = point.containers_uj.get(&c.key).copied().unwrap_or(0);
+            let uj: u64 = chunk
+                .iter()
+                .map(|p| p.containers_uj.get(&c.key).copied().unwrap_or(0))
+                .sum();
             let acc = carried.entry(c.id.as_str()).or_insert(0);
             *acc = acc.saturating_add(uj);
             if *acc > 1 {
-                text.push_str(&format!("{ts} {} {}", *acc, c.id));
-                text.push('\n');
+                text.push_str(&format!("{ts} {} {}\n", *acc, c.id));
                 lines += 1;
                 *acc = 0;
             }
         }
     }
+    #[allow(clippy::cast_precision_loss)] // a handful of windows
+    let rate_s = report.window_s * per_line as f64;
     GmtFile {
         metric: CONTAINER_ENERGY_METRIC.to_string(),
         unit: ENERGY_UNIT,
-        sampling_rate_ms: (report.window_s * 1_000.0).round().max(1.0) as u64,
+        sampling_rate_ms: (rate_s * 1_000.0).round().max(1.0) as u64,
         text,
         lines,
         unemitted_uj: carried.values().sum(),
     }
 }
 
-/// Every GMT file for `report`.
+/// Every GMT file for `report` (see [`container_energy`] for `windows_per_line`).
 #[must_use]
-pub fn export(report: &Report) -> Vec<GmtFile> {
-    vec![container_energy(report)]
+pub fn export(report: &Report, windows_per_line: usize) -> Vec<GmtFile> {
+    vec![container_energy(report, windows_per_line)]
 }
 
 /// Write `files` into `dir` (created if missing). Returns the paths written.

@@ -51,7 +51,7 @@ h2 { font-size: 17px; margin: 28px 0 8px; }
         background: #e3f6e8; border: 1px solid #8fd19e; border-radius: 4px; padding: 0 4px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { border-bottom: 1px solid #e5e5e5; padding: 5px 8px; text-align: left; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.total td { font-weight: 600; border-top: 2px solid #999; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
           margin-right: 6px; vertical-align: middle; }
