@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -354,4 +355,36 @@ async fn prometheus_server_answers_scrapes_over_tcp() {
 
     shutdown.cancel();
     server.await.unwrap();
+}
+
+#[test]
+fn grafana_dashboard_queries_only_metrics_the_bridge_emits() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana/joulebridge-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let (endpoint, _tx, _) = endpoint(MetricsView::from_report(&mac_report()));
+    let emitted: std::collections::BTreeSet<String> = parse(&endpoint.render())
+        .into_iter()
+        .flat_map(|f| f.samples)
+        .map(|s| s.name)
+        .collect();
+    let mut queried = 0;
+    let exprs = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap().to_string());
+    for expr in exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("joulebridge_") {
+                queried += 1;
+                assert!(
+                    emitted.contains(word),
+                    "dashboard queries {word}, never emitted"
+                );
+            }
+        }
+    }
+    assert!(queried >= 12, "only {queried} metric references found");
 }
