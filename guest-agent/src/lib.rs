@@ -1,1 +1,3 @@
 //! joulebridge guest agent.
+
+pub mod sources;
