@@ -34,9 +34,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_discover: bool,
 
-    /// Root of the proc filesystem to read (`/proc/stat`, `/proc/self/mountinfo`, boot id).
-    #[arg(long, default_value = "/proc")]
-    pub proc_root: PathBuf,
+    /// Root of the file system the agent reads: `<root>/proc/self/mountinfo`, the cgroup
+    /// mounts it names, `<root>/proc/stat`. Set it when the host's file system is mounted
+    /// elsewhere (e.g. `/host` in a container).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
 
     /// Human label for this VM in the bridge's views (default: the hostname).
     #[arg(long)]
@@ -54,9 +56,13 @@ pub struct Cli {
     #[arg(long)]
     pub no_docker: bool,
 
-    /// Docker engine socket.
-    #[arg(long, default_value = "/var/run/docker.sock")]
-    pub docker_socket: PathBuf,
+    /// Docker engine address: `unix:///path`, an absolute socket path or `tcp://host:port`.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
 
     /// Seconds between clock probes (Ping) to the bridge.
     #[arg(long, default_value_t = 10)]

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::cli::Cli;
+use crate::sources::docker::{DockerConfig, DockerEndpoint, DockerError};
 
 /// Shortest sampling period accepted. Below this the cgroup walk itself dominates.
 pub const MIN_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
@@ -130,13 +131,6 @@ pub struct StreamConfig {
     pub auth_token: Option<String>,
 }
 
-/// Docker metadata settings.
-#[derive(Debug, Clone)]
-pub struct DockerConfig {
-    /// The engine socket.
-    pub socket: PathBuf,
-}
-
 /// Everything one agent process needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -148,8 +142,8 @@ pub struct Config {
     pub cgroups: Vec<String>,
     /// Whether container cgroups are discovered.
     pub discover: bool,
-    /// Root of procfs.
-    pub proc_root: PathBuf,
+    /// Root of the file system read (`/` normally).
+    pub root: PathBuf,
     /// VM label; `None` = the hostname.
     pub vm_name: Option<String>,
     /// `None` = no container engine.
@@ -172,6 +166,9 @@ pub enum ConfigError {
         /// What is accepted.
         expected: &'static str,
     },
+    /// `--docker-host` did not parse.
+    #[error("invalid --docker-host")]
+    DockerHost(#[source] DockerError),
     /// `--no-discover` without any `--cgroup`: nothing to sample.
     #[error("--no-discover needs at least one --cgroup REL_PATH, otherwise nothing is sampled")]
     NothingToSample,
@@ -214,9 +211,16 @@ impl TryFrom<Cli> for Config {
         if cli.no_discover && cli.cgroups.is_empty() {
             return Err(ConfigError::NothingToSample);
         }
-        let docker = (!cli.no_docker).then(|| DockerConfig {
-            socket: cli.docker_socket.clone(),
-        });
+        let docker = if cli.no_docker {
+            None
+        } else {
+            let endpoint: DockerEndpoint =
+                cli.docker_host.parse().map_err(ConfigError::DockerHost)?;
+            Some(DockerConfig {
+                endpoint,
+                ..DockerConfig::default()
+            })
+        };
         Ok(Self {
             stream: StreamConfig {
                 endpoint,
@@ -231,7 +235,7 @@ impl TryFrom<Cli> for Config {
             sample_period,
             cgroups: cli.cgroups,
             discover: !cli.no_discover,
-            proc_root: cli.proc_root,
+            root: cli.root,
             vm_name: cli.vm_name,
             docker,
         })
@@ -282,7 +286,10 @@ mod tests {
     #[test]
     fn endpoint_errors_name_input_and_accepted_forms() {
         let err = "http://x:1".parse::<Endpoint>().unwrap_err().to_string();
-        assert!(err.contains("http://x:1") && err.contains("vsock://CID:PORT"), "{err}");
+        assert!(
+            err.contains("http://x:1") && err.contains("vsock://CID:PORT"),
+            "{err}"
+        );
         assert!("vsock://2".parse::<Endpoint>().is_err());
         assert!("tcp://host:99999".parse::<Endpoint>().is_err());
         assert!("tcp://:80".parse::<Endpoint>().is_err());

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::{
-    Containers, ContainerState, Goodbye, Hello, Message, MessageCodec, MonoNanos, Ping,
-    PROTOCOL_VERSION, Sample,
+    ContainerState, Containers, Goodbye, Hello, Message, MessageCodec, MonoNanos, PROTOCOL_VERSION,
+    Ping, Sample,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -199,7 +199,8 @@ impl StreamSink {
         let endpoint = self.config.endpoint.to_string();
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         loop {
-            let dial = dial(&self.config.endpoint, self.config.connect_timeout);
+            let target = self.config.endpoint.clone();
+            let dial = dial(&target, self.config.connect_timeout);
             let Some(dialed) = self.absorb_until(dial).await else {
                 break;
             };
@@ -276,7 +277,9 @@ impl StreamSink {
         let mut tx = FramedWrite::new(write, MessageCodec);
 
         let hello = self.identity.hello(self.config.auth_token.clone());
-        tx.feed(Message::Hello(hello)).await.map_err(StreamError::Io)?;
+        tx.feed(Message::Hello(hello))
+            .await
+            .map_err(StreamError::Io)?;
         let mut sent_table = self.containers.borrow_and_update().clone();
         tx.feed(Message::Containers(Containers {
             full: true,
@@ -289,7 +292,9 @@ impl StreamSink {
                 .await
                 .map_err(StreamError::Io)?;
         }
-        tx.flush().await.map_err(StreamError::Io)?;
+        SinkExt::<Message>::flush(&mut tx)
+            .await
+            .map_err(StreamError::Io)?;
         self.stats
             .samples_sent
             .fetch_add(self.spool.len() as u64, Ordering::Relaxed);
@@ -356,7 +361,12 @@ impl StreamSink {
                     .acked_next
                     .fetch_max(ack.seq.saturating_add(1), Ordering::Relaxed);
                 backoff.reset();
-                debug!(seq = ack.seq, released, unacked = self.spool.len(), "Ack received.");
+                debug!(
+                    seq = ack.seq,
+                    released,
+                    unacked = self.spool.len(),
+                    "Ack received."
+                );
                 Ok(None)
             }
             Some(Ok(Message::Pong(pong))) => {
@@ -407,7 +417,9 @@ impl StreamSink {
         }))
         .await
         .map_err(StreamError::Io)?;
-        tx.close().await.map_err(StreamError::Io)?;
+        SinkExt::<Message>::close(tx)
+            .await
+            .map_err(StreamError::Io)?;
         Ok(SessionEnd::Shutdown)
     }
 }
@@ -419,17 +431,22 @@ fn table_diff(old: &ContainerTable, new: &ContainerTable) -> Vec<protocol::Conta
         .filter(|(id, info)| old.get(*id) != Some(*info))
         .map(|(_, info)| info.clone())
         .collect();
-    out.extend(old.iter().filter(|(id, _)| !new.contains_key(*id)).map(|(_, info)| {
-        let mut gone = info.clone();
-        gone.state = ContainerState::Removed;
-        gone
-    }));
+    out.extend(
+        old.iter()
+            .filter(|(id, _)| !new.contains_key(*id))
+            .map(|(_, info)| {
+                let mut gone = info.clone();
+                gone.state = ContainerState::Removed;
+                gone
+            }),
+    );
     out
 }
 
 /// NTP-style offset of the host clock relative to the guest clock, for the logs.
 fn log_clock_offset(pong: protocol::Pong, t3: MonoNanos) {
-    let [t0, t1, t2, t3] = [pong.guest_send, pong.host_recv, pong.host_send, t3].map(|t| i128::from(t.0));
+    let [t0, t1, t2, t3] =
+        [pong.guest_send, pong.host_recv, pong.host_send, t3].map(|t| i128::from(t.0));
     let offset_ns = ((t1 - t0) + (t2 - t3)) / 2;
     let rtt_ns = (t3 - t0) - (t2 - t1);
     debug!(id = pong.id, offset_ns, rtt_ns, "Clock probe answered.");
@@ -477,7 +494,10 @@ async fn dial_vsock(cid: u32, port: u32) -> io::Result<BoxedTransport> {
 
 #[cfg(not(target_os = "linux"))]
 async fn dial_vsock(_cid: u32, _port: u32) -> io::Result<BoxedTransport> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "vsock needs Linux"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "vsock needs Linux",
+    ))
 }
 
 /// Capped exponential back-off with full jitter in the upper half: each delay is uniformly
@@ -530,7 +550,10 @@ mod tests {
         assert!(bases[0] >= Duration::from_millis(250) && bases[0] <= Duration::from_millis(500));
         assert!(bases[1] >= Duration::from_millis(500) && bases[1] <= Duration::from_millis(1000));
         for d in &bases[7..] {
-            assert!(*d >= Duration::from_secs(15) && *d <= Duration::from_secs(30), "{d:?}");
+            assert!(
+                *d >= Duration::from_secs(15) && *d <= Duration::from_secs(30),
+                "{d:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(500));

@@ -7,6 +7,6 @@
 //! - [`docker`]: container names and labels from the Docker engine.
 
 pub mod cgroup;
+pub mod docker;
 #[cfg(target_os = "linux")]
 pub mod procfs;
-pub mod docker;
