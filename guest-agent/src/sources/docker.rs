@@ -441,7 +441,11 @@ pub async fn run_registry(
                 } else {
                     let reason = unavailable_reason(&cfg.endpoint, &err);
                     tracing::warn!(endpoint = %cfg.endpoint, reason = %reason, "Container engine unavailable; streaming cgroup-only data.");
-                    if registry.send(RegistryEvent::Unavailable { reason }).await.is_err() {
+                    if registry
+                        .send(RegistryEvent::Unavailable { reason })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     unavailable_sent = true;
@@ -736,9 +740,10 @@ impl Registry {
     }
 
     async fn upsert(&mut self, info: ContainerInfo) -> Result<(), Closed> {
-        let same_run = self.containers.get(&info.id).is_some_and(|t| {
-            t.info.state == ContainerState::Running && t.info.pid == info.pid
-        });
+        let same_run = self
+            .containers
+            .get(&info.id)
+            .is_some_and(|t| t.info.state == ContainerState::Running && t.info.pid == info.pid);
         let exit_watch = if same_run {
             self.containers
                 .get_mut(&info.id)
@@ -750,7 +755,7 @@ impl Registry {
             info.id.clone(),
             Tracked {
                 info: info.clone(),
-                exit_watch: exit_watch,
+                exit_watch,
             },
         );
         self.send(RegistryEvent::Upsert(info)).await
@@ -971,7 +976,10 @@ pub fn info_from_inspect(inspect: &ContainerInspectResponse) -> Result<Container
         .id
         .clone()
         .filter(|id| !id.is_empty())
-        .ok_or(DockerError::MissingField { what: WHAT, field: "Id" })?;
+        .ok_or(DockerError::MissingField {
+            what: WHAT,
+            field: "Id",
+        })?;
     let name = inspect
         .name
         .as_deref()
@@ -1595,10 +1603,7 @@ mod tests {
             Some(ContainerEvent::Destroy { id: id.clone() })
         );
         assert_eq!(
-            ContainerEvent::from_message(&event(
-                "rename",
-                &[("name", "new"), ("oldName", "/old")]
-            )),
+            ContainerEvent::from_message(&event("rename", &[("name", "new"), ("oldName", "/old")])),
             Some(ContainerEvent::Rename {
                 id,
                 name: "new".to_owned()
@@ -1630,8 +1635,12 @@ mod tests {
     #[test]
     fn endpoints_parse_from_every_form() {
         assert_eq!(
-            "unix:///run/podman/podman.sock".parse::<DockerEndpoint>().ok(),
-            Some(DockerEndpoint::Unix(PathBuf::from("/run/podman/podman.sock")))
+            "unix:///run/podman/podman.sock"
+                .parse::<DockerEndpoint>()
+                .ok(),
+            Some(DockerEndpoint::Unix(PathBuf::from(
+                "/run/podman/podman.sock"
+            )))
         );
         assert_eq!(
             "/var/run/docker.sock".parse::<DockerEndpoint>().ok(),
