@@ -755,7 +755,7 @@ impl Registry {
             info.id.clone(),
             Tracked {
                 info: info.clone(),
-                exit_watch: exit_watch,
+                exit_watch,
             },
         );
         self.send(RegistryEvent::Upsert(info)).await
