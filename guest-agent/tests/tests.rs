@@ -1,1 +1,1 @@
-
+mod docker_registry;
