@@ -2,9 +2,9 @@
 //!
 //! Data flows sources → pipeline → sinks:
 //! - [`sources`]: guest agent connections ([`sources::guest`]) and host power readings.
-//! - `pipeline`: alignment and attribution (pure functions).
-//! - [`sinks`]: the recorder (recording file, acks, dedupe), the live view; later Prometheus
-//!   and reports.
+//! - [`pipeline`]: alignment and attribution (pure functions, integer µJ).
+//! - [`sinks`]: the recorder (recording file, acks, dedupe), the live view, Prometheus.
+//! - [`report`]: reports (JSON, CSV, HTML), `compare` and GMT export.
 //! - [`recording`]: the file every live run writes and every offline command reads.
 //! - [`clock`]: the host monotonic clock everything is stamped with.
 //! - [`cli`] / [`config`]: flags, then validated configuration.
@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod pipeline;
 pub mod recording;
 pub mod report;
 pub mod serve;

@@ -10,3 +10,4 @@ mod html_chromium;
 mod prometheus_exposition;
 mod report_render;
 mod report_support;
+mod sim;

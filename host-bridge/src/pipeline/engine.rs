@@ -1,0 +1,841 @@
+//! The stateful pipeline: feeds [`RecordEntry`]s in, closes windows, keeps the ledger.
+//!
+//! State per *stream* (one agent process: `(boot_id, instance_id)` from its Hello): the last
+//! sequence number (resent samples are ignored, gaps counted). State per *VM boot* (`boot_id`):
+//! the clock offset estimator (the guest clock is per boot), the continuous counters (agent
+//! restarts continue them; Prometheus reset semantics when a counter goes backwards), and the
+//! counter values at window edges. Ledger rows are keyed by VM name, so a rebooted VM continues
+//! its rows.
+//!
+//! Windows are `[k·T, (k+1)·T]` on the host monotonic clock. Window k closes when power covers
+//! it and every live VM has a sample past its end, or, at the latest, `close_lag` after its end
+//! (by the newest timestamp seen). Each VM contributes the counter delta between its cursor
+//! (what was attributed so far) and the window end, so counters are never lost or counted twice
+//! whatever the closing order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use protocol::{CpuMicros, Hello, Message, MicroJoules, MonoNanos, ProcStat, Sample};
+
+use super::align::{self, Observed, OffsetEstimator};
+use super::apportion::{self, Share, VmInput, WindowInput};
+use super::{
+    Attribution, ConfigEcho, ContainerWindow, IdleModel, Ledger, PipelineConfig, PipelineError,
+    Quality, VmShareBasis, VmWindow, WindowFlags, WindowReport,
+};
+use crate::recording::RecordEntry;
+use crate::sources::power::{PowerSample, Provenance};
+
+const NS_PER_MS: u64 = 1_000_000;
+const PPM: u64 = 1_000_000;
+
+/// Counters of one VM at one host instant (continuous, reset-corrected).
+#[derive(Clone, Debug)]
+struct Snap {
+    t: u64,
+    busy: u64,
+    usage: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LastPoint {
+    /// Mapped host time.
+    t: u64,
+    /// Guest monotonic time.
+    g: u64,
+    /// Arrival (host).
+    at: u64,
+}
+
+#[derive(Debug)]
+struct VmState {
+    name: String,
+    cpus: u32,
+    clock: OffsetEstimator,
+    ids: Vec<String>,
+    index: HashMap<String, usize>,
+    /// Slots in the order of the previous sample (fast path for the lookup).
+    order: Vec<usize>,
+    raw_last: Vec<Option<u64>>,
+    acc: Vec<u64>,
+    last_seen: Vec<u64>,
+    limit: Vec<Option<u32>>,
+    busy_raw: Option<u64>,
+    total_raw: Option<u64>,
+    busy_acc: u64,
+    last: Option<LastPoint>,
+    cursor: Option<Snap>,
+    edges: BTreeMap<u64, Snap>,
+    /// Host intervals in which the VM did not run normally.
+    degraded: Vec<(u64, u64)>,
+}
+
+impl VmState {
+    fn new(name: String, cpus: u32, cfg: &PipelineConfig) -> Self {
+        Self {
+            name,
+            cpus,
+            clock: OffsetEstimator::new(
+                duration_ns(cfg.offset_horizon),
+                duration_ns(cfg.pause_tolerance),
+                duration_ns(cfg.one_way_error),
+            ),
+            ids: Vec::new(),
+            index: HashMap::new(),
+            order: Vec::new(),
+            raw_last: Vec::new(),
+            acc: Vec::new(),
+            last_seen: Vec::new(),
+            limit: Vec::new(),
+            busy_raw: None,
+            total_raw: None,
+            busy_acc: 0,
+            last: None,
+            cursor: None,
+            edges: BTreeMap::new(),
+            degraded: Vec::new(),
+        }
+    }
+
+    fn slot(&mut self, pos: usize, id: &str) -> usize {
+        if let Some(&s) = self.order.get(pos)
+            && self.ids[s] == id
+        {
+            return s;
+        }
+        if let Some(&s) = self.index.get(id) {
+            return s;
+        }
+        let s = self.ids.len();
+        self.ids.push(id.to_owned());
+        self.index.insert(id.to_owned(), s);
+        self.raw_last.push(None);
+        self.acc.push(0);
+        self.last_seen.push(0);
+        self.limit.push(None);
+        s
+    }
+
+    fn snap_now(&self, t: u64) -> Snap {
+        Snap {
+            t,
+            busy: self.busy_acc,
+            usage: self.acc.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    vm: usize,
+    last_seq: Option<u64>,
+}
+
+/// One power reading, possibly clipped to not overlap the previous one.
+#[derive(Clone, Debug)]
+struct Segment {
+    start: u64,
+    end: u64,
+    energy: u64,
+    vm_cpu: Option<(u64, u64)>,
+    impact: Option<(u64, u64)>,
+    host: Option<(u64, u64)>,
+    estimated: bool,
+}
+
+/// `v` prorated to `[start, x]` of a segment, rounded down (so that amounts over adjacent
+/// intervals add up exactly).
+fn cumulative(v: u64, seg: &Segment, x: u64) -> u64 {
+    let len = seg.end - seg.start;
+    let x = x.clamp(seg.start, seg.end) - seg.start;
+    u64::try_from(u128::from(v) * u128::from(x) / u128::from(len)).expect("≤ v")
+}
+
+fn prorate(v: u64, seg: &Segment, a: u64, b: u64) -> u64 {
+    cumulative(v, seg, b) - cumulative(v, seg, a)
+}
+
+fn duration_ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Energy impact is a float; keep it as integer millionths so shares stay integer.
+fn impact_units(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        // Saturating float → int conversion is the intent (display-grade input).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let u = (v * 1e6).round() as u64;
+        u
+    } else {
+        0
+    }
+}
+
+/// Every `/proc/stat` field that accounts time (guest and guest_nice are inside user/nice).
+fn accounted(p: &ProcStat) -> u64 {
+    p.user.0 + p.nice.0 + p.system.0 + p.idle.0 + p.iowait.0 + p.irq.0 + p.softirq.0 + p.steal.0
+}
+
+/// The attribution engine. See the module documentation.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: PipelineConfig,
+    window_ns: u64,
+    conns: HashMap<u64, usize>,
+    streams: Vec<Stream>,
+    stream_index: HashMap<(String, u64), usize>,
+    vms: Vec<VmState>,
+    vm_index: HashMap<String, usize>,
+    segments: VecDeque<Segment>,
+    power_end: u64,
+    next_window: Option<u64>,
+    now: u64,
+    ledger: Ledger,
+    quality: Quality,
+    covered_ns: u128,
+    window_total_ns: u128,
+    source_kind: Option<String>,
+    source_provenance: Option<Provenance>,
+    scratch: Vec<(usize, u64)>,
+}
+
+impl Engine {
+    /// A new engine.
+    ///
+    /// # Errors
+    /// [`PipelineError::InvalidConfig`] when the window is shorter than 1 ms or a tolerance is
+    /// zero.
+    pub fn new(cfg: PipelineConfig) -> Result<Self, PipelineError> {
+        let window_ns = duration_ns(cfg.window);
+        if window_ns < NS_PER_MS {
+            return Err(PipelineError::InvalidConfig {
+                key: "window",
+                reason: "must be at least 1 ms (10 s or more recommended)",
+            });
+        }
+        if cfg.pause_tolerance.is_zero() {
+            return Err(PipelineError::InvalidConfig {
+                key: "pause_tolerance",
+                reason: "must be positive",
+            });
+        }
+        if let IdleModel::EstimatedFraction { permille } = cfg.idle
+            && permille > 1000
+        {
+            return Err(PipelineError::InvalidConfig {
+                key: "idle",
+                reason: "the idle fraction is at most 1000 ‰",
+            });
+        }
+        Ok(Self {
+            cfg,
+            window_ns,
+            conns: HashMap::new(),
+            streams: Vec::new(),
+            stream_index: HashMap::new(),
+            vms: Vec::new(),
+            vm_index: HashMap::new(),
+            segments: VecDeque::new(),
+            power_end: 0,
+            next_window: None,
+            now: 0,
+            ledger: Ledger::default(),
+            quality: Quality::default(),
+            covered_ns: 0,
+            window_total_ns: 0,
+            source_kind: None,
+            source_provenance: None,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// Cumulative totals of every closed window.
+    #[must_use]
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Quality so far.
+    #[must_use]
+    pub fn quality(&self) -> &Quality {
+        &self.quality
+    }
+
+    /// Feed one entry; returns the windows it allowed to close (in order).
+    pub fn push(&mut self, entry: &RecordEntry) -> Vec<WindowReport> {
+        match entry {
+            RecordEntry::Session(s) => {
+                self.conns.clear();
+                if s.mono.0 < self.now {
+                    // The host clock restarted (host reboot): close everything on the old time
+                    // line and start a new one. Ledger and stream de-duplication survive.
+                    let out = self.finish();
+                    self.reset_timeline();
+                    self.now = s.mono.0;
+                    return out;
+                }
+                self.now = self.now.max(s.mono.0);
+            }
+            RecordEntry::Guest { conn, at, message } => {
+                self.now = self.now.max(at.0);
+                self.guest(*conn, at.0, message);
+            }
+            RecordEntry::Power(p) => self.power(p),
+            RecordEntry::PowerSource {
+                kind, provenance, ..
+            } => {
+                self.source_kind = Some(kind.clone());
+                self.source_provenance = Some(*provenance);
+                if *provenance == Provenance::Estimated {
+                    self.quality.estimated_source = true;
+                }
+            }
+            RecordEntry::PowerGap { to, .. } => {
+                self.power_end = self.power_end.max(to.0);
+                self.now = self.now.max(to.0);
+            }
+        }
+        self.close(false)
+    }
+
+    /// Close every window that has data, including a last partial one. Call at the end of a
+    /// recording or on shutdown.
+    pub fn finish(&mut self) -> Vec<WindowReport> {
+        self.close(true)
+    }
+
+    /// The results so far, with the given closed windows.
+    #[must_use]
+    pub fn into_attribution(mut self, windows: Vec<WindowReport>) -> Attribution {
+        self.quality.power_coverage_ppm = ratio_ppm(self.covered_ns, self.window_total_ns);
+        Attribution {
+            windows,
+            config: ConfigEcho {
+                policy: self.cfg.policy,
+                basis: self.cfg.vm_share_basis,
+                idle: self.cfg.idle,
+                window_ns: self.window_ns,
+                source_kind: self.source_kind,
+                source_provenance: self.source_provenance,
+            },
+            ledger: self.ledger,
+            quality: self.quality,
+        }
+    }
+
+    fn reset_timeline(&mut self) {
+        for vm in &mut self.vms {
+            let fresh = VmState::new(vm.name.clone(), vm.cpus, &self.cfg);
+            // Keep the slot table so ids map to the same rows; counters restart.
+            let ids = std::mem::take(&mut vm.ids);
+            let index = std::mem::take(&mut vm.index);
+            *vm = fresh;
+            vm.raw_last = vec![None; ids.len()];
+            vm.acc = vec![0; ids.len()];
+            vm.last_seen = vec![0; ids.len()];
+            vm.limit = vec![None; ids.len()];
+            vm.ids = ids;
+            vm.index = index;
+        }
+        self.segments.clear();
+        self.power_end = 0;
+        self.next_window = None;
+    }
+
+    fn start_windows_at(&mut self, t: u64) {
+        if self.next_window.is_none() {
+            self.next_window = Some(t / self.window_ns * self.window_ns);
+        }
+    }
+
+    fn guest(&mut self, conn: u64, at: u64, message: &Message) {
+        if let Message::Hello(h) = message {
+            self.hello(conn, h);
+            return;
+        }
+        let Some(&stream) = self.conns.get(&conn) else {
+            self.quality.orphan_messages += 1;
+            return;
+        };
+        let vm = self.streams[stream].vm;
+        match message {
+            Message::Sample(s) => {
+                let last = self.streams[stream].last_seq;
+                if last.is_some_and(|l| s.seq <= l) {
+                    self.quality.duplicate_samples += 1;
+                    return;
+                }
+                if let Some(l) = last {
+                    self.quality.seq_gaps += s.seq - l - 1;
+                }
+                self.streams[stream].last_seq = Some(s.seq);
+                self.sample(vm, at, s);
+            }
+            Message::Containers(c) => {
+                let name = self.vms[vm].name.clone();
+                for info in &c.entries {
+                    self.ledger.set_meta(&name, info);
+                }
+            }
+            Message::Ping(p) => self.probe(vm, p.guest_send.0, at),
+            Message::Pong(p) => self.probe(vm, p.guest_send.0, p.host_recv.0),
+            _ => {}
+        }
+    }
+
+    fn probe(&mut self, vm: usize, guest_send: u64, host_recv: u64) {
+        if let Observed::Discontinuity(_) = self.vms[vm].clock.observe_one_way(guest_send, host_recv)
+        {
+            self.quality.clock_jumps += 1;
+        }
+    }
+
+    fn hello(&mut self, conn: u64, h: &Hello) {
+        let key = (h.boot_id.clone(), h.instance_id);
+        let vm = match self.vm_index.get(&h.boot_id) {
+            Some(&vm) => vm,
+            None => {
+                let vm = self.vms.len();
+                self.vms
+                    .push(VmState::new(h.vm_name.clone(), h.cpu_count, &self.cfg));
+                self.vm_index.insert(h.boot_id.clone(), vm);
+                vm
+            }
+        };
+        self.vms[vm].name.clone_from(&h.vm_name);
+        self.vms[vm].cpus = h.cpu_count;
+        if u64::from(h.sample_period_ms) * NS_PER_MS > self.window_ns {
+            self.quality.window_shorter_than_sample_period = true;
+        }
+        let stream = match self.stream_index.get(&key) {
+            Some(&s) => s,
+            None => {
+                let s = self.streams.len();
+                self.streams.push(Stream { vm, last_seq: None });
+                self.stream_index.insert(key, s);
+                s
+            }
+        };
+        self.conns.insert(conn, stream);
+    }
+
+    fn sample(&mut self, vm_idx: usize, at: u64, s: &Sample) {
+        let g = s.clock.mono_ns.0;
+        let tolerance = duration_ns(self.cfg.pause_tolerance);
+        let first_open = self.next_window.unwrap_or(0);
+        let window_ns = self.window_ns;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let vm = &mut self.vms[vm_idx];
+
+        // Clock: samples give one-way bounds too; they only refine (a late, buffered sample
+        // must not be taken for a pause).
+        let value = i128::from(at) - i128::from(g);
+        match vm.clock.estimate() {
+            None => {
+                vm.clock.observe_one_way(g, at);
+            }
+            Some(o) if value < o.offset_ns + i128::from(tolerance) => {
+                vm.clock.observe_one_way(g, at);
+            }
+            Some(_) => {}
+        }
+        let offset = vm.clock.estimate().expect("observed above or earlier");
+        self.quality.max_offset_error_ns = self.quality.max_offset_error_ns.max(offset.error_ns);
+        let not_before = vm.last.map_or(0, |l| l.t);
+        let t = align::to_host(g, offset, not_before, at.max(not_before));
+
+        // Counters, reset-aware (Prometheus semantics).
+        let first = vm.last.is_none();
+        let busy_raw = s.vm.busy().0;
+        let total_raw = accounted(&s.vm);
+        let d_busy = match vm.busy_raw {
+            Some(p) => CpuMicros(busy_raw).reset_aware_delta(CpuMicros(p)).0,
+            None => 0,
+        };
+        let d_total = match vm.total_raw {
+            Some(p) => CpuMicros(total_raw).reset_aware_delta(CpuMicros(p)).0,
+            None => 0,
+        };
+        vm.busy_raw = Some(busy_raw);
+        vm.total_raw = Some(total_raw);
+        let mut resets = Vec::new();
+        vm.order.clear();
+        for (pos, c) in s.containers.iter().enumerate() {
+            let slot = vm.slot(pos, &c.id);
+            vm.order.push(slot);
+            let raw = c.cpu.usage.0;
+            let d = match vm.raw_last[slot] {
+                Some(p) if raw >= p => raw - p,
+                Some(_) => {
+                    resets.push(slot);
+                    raw
+                }
+                None if first => 0,
+                None => raw,
+            };
+            vm.raw_last[slot] = Some(raw);
+            vm.last_seen[slot] = t;
+            vm.limit[slot] = c.cpu_limit_millicores;
+            scratch.push((slot, d));
+        }
+
+        if let Some(last) = vm.last {
+            let g_el = g.saturating_sub(last.g);
+            let h_el = t - last.t;
+            if align::is_discontinuous(g_el, h_el, d_total, vm.cpus, tolerance) {
+                vm.degraded.push((last.t, t));
+            }
+            // Counter values at every open window edge crossed by (last.t, t].
+            let lo = last.t.max(first_open);
+            let mut e = (lo / window_ns + 1) * window_ns;
+            while e <= t {
+                let mut usage = vm.acc.clone();
+                for &(slot, d) in &scratch {
+                    usage[slot] = align::interpolate(last.t, vm.acc[slot], t, vm.acc[slot] + d, e);
+                }
+                let busy = align::interpolate(last.t, vm.busy_acc, t, vm.busy_acc + d_busy, e);
+                vm.edges.insert(e, Snap { t: e, busy, usage });
+                e += window_ns;
+            }
+        }
+        vm.busy_acc += d_busy;
+        for &(slot, d) in &scratch {
+            vm.acc[slot] += d;
+        }
+        vm.last = Some(LastPoint { t, g, at });
+        if vm.cursor.is_none() {
+            vm.cursor = Some(vm.snap_now(t));
+        }
+        if !resets.is_empty() {
+            let name = vm.name.clone();
+            let ids: Vec<String> = resets.iter().map(|&s| vm.ids[s].clone()).collect();
+            for id in ids {
+                self.ledger.note_restart(&name, &id);
+                self.quality.counter_resets += 1;
+            }
+        }
+        self.scratch = scratch;
+        self.start_windows_at(t);
+    }
+
+    fn power(&mut self, p: &PowerSample) {
+        let end = p.end.0;
+        self.now = self.now.max(end);
+        if p.window_ns == 0 {
+            return;
+        }
+        let start = end.saturating_sub(p.window_ns);
+        let mut seg = Segment {
+            start,
+            end,
+            energy: p.energy.0,
+            vm_cpu: p
+                .vm_share
+                .as_ref()
+                .map(|v| (v.vm_cpu_ns, v.total_cpu_ns)),
+            impact: p.vm_share.as_ref().and_then(|v| {
+                match (v.vm_energy_impact, v.total_energy_impact) {
+                    (Some(a), Some(b)) => Some((impact_units(a), impact_units(b))),
+                    _ => None,
+                }
+            }),
+            host: p.host_cpu.map(|h| (h.busy_ns, h.capacity_ns)),
+            estimated: p.provenance == Provenance::Estimated,
+        };
+        if seg.estimated {
+            self.quality.estimated_source = true;
+        }
+        if let Some(prev_end) = self.segments.back().map(|s| s.end).or(Some(self.power_end))
+            && prev_end > start
+            && self.next_window.is_some()
+        {
+            // Overlaps what is already covered: keep only the new part (prorated).
+            self.quality.overlapping_power += 1;
+            if end <= prev_end {
+                return;
+            }
+            let shape = seg.clone();
+            let cut = |v: u64| v - cumulative(v, &shape, prev_end);
+            seg.energy = cut(seg.energy);
+            seg.vm_cpu = seg.vm_cpu.map(|(a, b)| (cut(a), cut(b)));
+            seg.impact = seg.impact.map(|(a, b)| (cut(a), cut(b)));
+            seg.host = seg.host.map(|(a, b)| (cut(a), cut(b)));
+            seg.start = prev_end;
+        }
+        self.power_end = self.power_end.max(end);
+        self.start_windows_at(seg.start);
+        self.segments.push_back(seg);
+    }
+
+    fn ready(&self, b: u64, finishing: bool) -> bool {
+        let lag = duration_ns(self.cfg.close_lag);
+        if finishing {
+            let data_end = self
+                .vms
+                .iter()
+                .filter_map(|v| v.last.map(|l| l.t))
+                .fold(self.power_end, u64::max);
+            return b - self.window_ns < data_end;
+        }
+        if self.now >= b.saturating_add(lag) {
+            return true;
+        }
+        self.power_end >= b
+            && self.vms.iter().all(|v| match v.last {
+                None => true,
+                Some(l) => l.t >= b || l.at.saturating_add(lag) < self.now,
+            })
+    }
+
+    fn close(&mut self, finishing: bool) -> Vec<WindowReport> {
+        let mut out = Vec::new();
+        while let Some(a) = self.next_window {
+            let b = a + self.window_ns;
+            if !self.ready(b, finishing) {
+                break;
+            }
+            let report = self.close_window(a, b);
+            self.ledger.apply(&report);
+            out.push(report);
+            self.next_window = Some(b);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn close_window(&mut self, a: u64, b: u64) -> WindowReport {
+        let window_ns = self.window_ns;
+        // Host side.
+        let mut energy = 0u64;
+        let mut covered = 0u64;
+        let mut vm_cpu: Option<(u64, u64)> = None;
+        let mut impact: Option<(u64, u64)> = None;
+        let mut host: Option<(u64, u64)> = None;
+        let mut estimated = false;
+        for seg in self.segments.iter().filter(|s| s.start < b && s.end > a) {
+            energy += prorate(seg.energy, seg, a, b);
+            covered += seg.end.min(b) - seg.start.max(a);
+            let add = |acc: &mut Option<(u64, u64)>, v: Option<(u64, u64)>| {
+                if let Some((x, y)) = v {
+                    let (ax, ay) = acc.get_or_insert((0, 0));
+                    *ax += prorate(x, seg, a, b);
+                    *ay += prorate(y, seg, a, b);
+                }
+            };
+            add(&mut vm_cpu, seg.vm_cpu);
+            add(&mut impact, seg.impact);
+            add(&mut host, seg.host);
+            estimated |= seg.estimated;
+        }
+        while self.segments.front().is_some_and(|s| s.end <= b) {
+            self.segments.pop_front();
+        }
+        self.covered_ns += u128::from(covered);
+        self.window_total_ns += u128::from(window_ns);
+        let idle = match self.cfg.idle {
+            IdleModel::Baseline { idle_mw } => {
+                let e = u128::from(idle_mw) * u128::from(covered) / u128::from(NS_PER_MS);
+                u64::try_from(e).unwrap_or(u64::MAX).min(energy)
+            }
+            IdleModel::EstimatedFraction { permille } => {
+                let e = u128::from(energy) * u128::from(permille) / 1000;
+                u64::try_from(e).expect("≤ energy")
+            }
+        };
+
+        // Guest side, per VM.
+        struct VmData {
+            vm: usize,
+            busy: u64,
+            usage: Vec<u64>,
+            reserve: Vec<u64>,
+            coverage_ppm: u32,
+            degraded: bool,
+            offset_error_ns: u64,
+        }
+        let mut data = Vec::new();
+        for (i, vm) in self.vms.iter_mut().enumerate() {
+            let Some(start) = vm.cursor.take() else {
+                continue;
+            };
+            if start.t >= b {
+                vm.cursor = Some(start);
+                continue;
+            }
+            let end = match vm.edges.remove(&b) {
+                Some(e) => e,
+                None => match vm.last {
+                    Some(l) if l.t > start.t => vm.snap_now(l.t),
+                    _ => start.clone(),
+                },
+            };
+            vm.edges = vm.edges.split_off(&(b + 1));
+            let busy = end.busy - start.busy;
+            let usage: Vec<u64> = end
+                .usage
+                .iter()
+                .enumerate()
+                .map(|(s, &v)| v - start.usage.get(s).copied().unwrap_or(0))
+                .collect();
+            let capacity = u64::from(vm.cpus.max(1)) * 1000;
+            let reserve = (0..usage.len())
+                .map(|s| {
+                    if vm.last_seen[s] > a {
+                        vm.limit[s].map_or(capacity, u64::from)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let span = end.t.min(b).saturating_sub(start.t.max(a));
+            // A live VM without a sample in or after the window (paused, sleeping, or gone)
+            // cannot be split either.
+            let degraded = span == 0 || vm.degraded.iter().any(|&(x, y)| x < b && y > a);
+            vm.degraded.retain(|&(_, y)| y > b);
+            data.push(VmData {
+                vm: i,
+                busy,
+                usage,
+                reserve,
+                coverage_ppm: ratio_ppm(u128::from(span), u128::from(window_ns)),
+                degraded,
+                offset_error_ns: vm.clock.estimate().map_or(0, |o| o.error_ns),
+            });
+            vm.cursor = Some(end);
+        }
+
+        // Host → VM share.
+        let mut flags = WindowFlags {
+            power_coverage_ppm: ratio_ppm(u128::from(covered), u128::from(window_ns)),
+            estimated_source: estimated,
+            idle_estimated: matches!(self.cfg.idle, IdleModel::EstimatedFraction { .. }),
+            ..WindowFlags::default()
+        };
+        let guest_busy_ns: u64 = data.iter().map(|d| d.busy).sum::<u64>().saturating_mul(1_000);
+        let cpu_share = vm_cpu
+            .map(|(n, d)| Share { num: n, den: d })
+            .filter(|s| s.den > 0)
+            .or_else(|| {
+                host.map(|(busy, cap)| Share {
+                    num: guest_busy_ns,
+                    den: if busy > 0 { busy.max(guest_busy_ns) } else { cap },
+                })
+                .filter(|s| s.den > 0)
+            });
+        let (share, basis) = match self.cfg.vm_share_basis {
+            VmShareBasis::EnergyImpact => match impact.filter(|&(_, d)| d > 0) {
+                Some((n, d)) => (Some(Share { num: n, den: d }), VmShareBasis::EnergyImpact),
+                None => {
+                    flags.basis_fallback = energy > 0;
+                    (cpu_share, VmShareBasis::CpuTime)
+                }
+            },
+            VmShareBasis::CpuTime => (cpu_share, VmShareBasis::CpuTime),
+        };
+        flags.vm_share_unknown = share.is_none() && energy > 0;
+        let reserved_share = host.filter(|&(_, cap)| cap > 0).map(|(_, cap)| {
+            let vcpus: u64 = data.iter().map(|d| u64::from(self.vms[d.vm].cpus)).sum();
+            Share {
+                num: u64::try_from(u128::from(vcpus) * u128::from(covered)).unwrap_or(u64::MAX),
+                den: cap,
+            }
+        });
+        flags.offset_error_ns = data.iter().map(|d| d.offset_error_ns).max().unwrap_or(0);
+        let mut widen = u64::try_from(
+            u128::from(flags.offset_error_ns) * 2 * u128::from(PPM) / u128::from(window_ns),
+        )
+        .unwrap_or(PPM);
+        if estimated {
+            widen += self.cfg.estimated_widen_ppm;
+        }
+        flags.degraded = data.iter().any(|d| d.degraded);
+
+        let inputs: Vec<VmInput<'_>> = data
+            .iter()
+            .map(|d| VmInput {
+                busy_us: d.busy,
+                usage_us: &d.usage,
+                reserve: &d.reserve,
+                vm_reserve: u64::from(self.vms[d.vm].cpus.max(1)),
+                degraded: d.degraded,
+            })
+            .collect();
+        let split = apportion::split_window(&WindowInput {
+            energy: MicroJoules(energy),
+            idle: MicroJoules(idle),
+            vm_share: share,
+            vm_cpu_ns: vm_cpu.map(|(n, _)| n),
+            reserved_share,
+            policy: self.cfg.policy,
+            widen_ppm: widen,
+            vms: &inputs,
+        });
+        flags.clamped = split.clamped;
+        debug_assert_eq!(split.total(), energy, "conservation");
+
+        let vms = data
+            .iter()
+            .zip(split.vms.iter())
+            .map(|(d, parts)| {
+                let vm = &self.vms[d.vm];
+                let containers = parts
+                    .containers
+                    .iter()
+                    .enumerate()
+                    .filter(|&(s, p)| d.usage[s] > 0 || p.high > 0)
+                    .map(|(s, p)| ContainerWindow {
+                        id: vm.ids[s].clone(),
+                        energy: MicroJoules(p.energy),
+                        low: MicroJoules(p.low),
+                        high: MicroJoules(p.high),
+                        cpu: CpuMicros(d.usage[s]),
+                    })
+                    .collect();
+                VmWindow {
+                    vm: vm.name.clone(),
+                    busy: CpuMicros(d.busy),
+                    system: MicroJoules(parts.system),
+                    overhead: MicroJoules(parts.overhead),
+                    containers,
+                    guest_coverage_ppm: d.coverage_ppm,
+                    degraded: d.degraded,
+                }
+            })
+            .collect();
+
+        let q = &mut self.quality;
+        q.windows += 1;
+        q.degraded_windows += u64::from(flags.degraded);
+        q.power_gap_windows += u64::from(covered < window_ns);
+        q.vm_share_unknown_windows += u64::from(flags.vm_share_unknown);
+        q.basis_fallback_windows += u64::from(flags.basis_fallback);
+        q.clamped_windows += u64::from(flags.clamped);
+
+        WindowReport {
+            start: MonoNanos(a),
+            end: MonoNanos(b),
+            energy: MicroJoules(energy),
+            idle_estimate: MicroJoules(idle),
+            vms,
+            host_other: MicroJoules(split.host_other),
+            idle: MicroJoules(split.idle),
+            unattributed: MicroJoules(split.unattributed),
+            basis,
+            flags,
+        }
+    }
+}
+
+fn ratio_ppm(num: u128, den: u128) -> u32 {
+    if den == 0 {
+        return 0;
+    }
+    u32::try_from((num * u128::from(PPM) / den).min(u128::from(PPM))).expect("≤ 1e6")
+}
