@@ -1,9 +1,15 @@
 //! Command-line flags, as typed by the user. One subcommand per way of running the bridge;
 //! each has its own `…Args` struct, turned into a validated configuration in [`crate::config`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands::{
+    AttributionArgs, compare::CompareArgs, completions::CompletionsArgs, export_gmt::ExportGmtArgs,
+    measure::MeasureArgs, report::ReportArgs,
+};
 
 /// joulebridge host bridge: receives guest agent streams, records them and (with a power
 /// source) attributes host energy to containers.
@@ -24,6 +30,18 @@ pub struct Cli {
 pub enum Command {
     /// Accept guest agents, record everything they send, show a live per-container table.
     Serve(ServeArgs),
+    /// Record a baseline and one command's run, then write its report. Exits with the
+    /// command's exit code.
+    Measure(MeasureArgs),
+    /// Attribute a recording (any idle policy, offline) and write JSON, CSV, JSONL and HTML.
+    Report(ReportArgs),
+    /// Compare two runs of one workload (e.g. Mac vs Linux-native); for CI with
+    /// `--max-share-diff` (exit code 3 when exceeded).
+    Compare(CompareArgs),
+    /// Write Green Metrics Tool metric-provider files of per-container energy.
+    ExportGmt(ExportGmtArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
 }
 
 /// Flags of `serve`.
@@ -62,6 +80,19 @@ pub struct ServeArgs {
     /// Close a connection that sends nothing at all for this long (agents ping every 10 s).
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub idle_timeout_s: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback by default: the page names
+    /// containers and images).
+    #[arg(long, value_name = "ADDR", default_value = crate::sinks::prometheus::DEFAULT_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// Do not serve Prometheus metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+
+    /// Live attribution settings.
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
 }
 
 /// Log output format.

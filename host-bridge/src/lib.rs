@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod pipeline;
 pub mod recording;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use host_bridge::cli::{Cli, Command, LogFormat};
+use host_bridge::commands;
 use host_bridge::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,14 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
+            let metrics = (!args.no_metrics).then_some(args.metrics_addr);
+            let pipeline = match args.attribution.pipeline_config() {
+                Ok(p) => p,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    return ExitCode::from(2);
+                }
+            };
             let config = match Config::try_from(args) {
                 Ok(config) => config,
                 Err(err) => {
@@ -30,8 +39,43 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            exit_code(runtime.block_on(host_bridge::run(config, shutdown_signal())))
+            exit_code(runtime.block_on(commands::live_attribution::serve(
+                config,
+                metrics,
+                pipeline,
+                shutdown_signal(),
+            )))
         }
+        Command::Measure(args) => {
+            let mut out = std::io::stdout();
+            match runtime.block_on(commands::measure::run(&args, shutdown_signal(), &mut out)) {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Report(args) => {
+            exit_code(commands::report::run(&args, &mut std::io::stdout().lock()))
+        }
+        Command::Compare(args) => {
+            match commands::compare::run(&args, &mut std::io::stdout().lock()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(commands::EXIT_THRESHOLD),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::ExportGmt(args) => exit_code(commands::export_gmt::run(
+            &args,
+            &mut std::io::stdout().lock(),
+        )),
+        Command::Completions(args) => exit_code(
+            commands::completions::run(&args, &mut std::io::stdout().lock()).map_err(Into::into),
+        ),
     }
 }
 

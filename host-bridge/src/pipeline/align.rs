@@ -83,7 +83,12 @@ impl OffsetEstimator {
         }
         self.one_way.push_back((host_recv_ns, value));
         let horizon_start = host_recv_ns.saturating_sub(self.horizon_ns);
-        while self.one_way.len() > 1 && self.one_way.front().is_some_and(|&(t, _)| t < horizon_start) {
+        while self.one_way.len() > 1
+            && self
+                .one_way
+                .front()
+                .is_some_and(|&(t, _)| t < horizon_start)
+        {
             self.one_way.pop_front();
         }
         result
@@ -177,8 +182,15 @@ mod tests {
     fn one_way_minimum_tracks_smallest_delay() {
         let mut e = OffsetEstimator::new(60_000_000_000, 1_000_000_000, 1_000_000);
         // θ = 5 s; delays 3 ms, 1 ms, 2 ms.
-        for (g, d) in [(0u64, 3_000_000u64), (1_000_000_000, 1_000_000), (2_000_000_000, 2_000_000)] {
-            assert_eq!(e.observe_one_way(g, g + 5_000_000_000 + d), Observed::Refined);
+        for (g, d) in [
+            (0u64, 3_000_000u64),
+            (1_000_000_000, 1_000_000),
+            (2_000_000_000, 2_000_000),
+        ] {
+            assert_eq!(
+                e.observe_one_way(g, g + 5_000_000_000 + d),
+                Observed::Refined
+            );
         }
         let est = e.estimate().unwrap();
         assert_eq!(est.offset_ns, 5_001_000_000);
@@ -218,9 +230,27 @@ mod tests {
     #[test]
     fn pause_is_detected_by_missing_cpu_accounting() {
         // 10 s of guest time, 4 CPUs, but only 1 s of CPU accounted.
-        assert!(is_discontinuous(10_000_000_000, 10_000_000_000, 4_000_000, 4, 1_000_000_000));
-        assert!(!is_discontinuous(10_000_000_000, 10_000_000_000, 40_000_000, 4, 1_000_000_000));
+        assert!(is_discontinuous(
+            10_000_000_000,
+            10_000_000_000,
+            4_000_000,
+            4,
+            1_000_000_000
+        ));
+        assert!(!is_discontinuous(
+            10_000_000_000,
+            10_000_000_000,
+            40_000_000,
+            4,
+            1_000_000_000
+        ));
         // Guest clock stopped.
-        assert!(is_discontinuous(1_000_000_000, 20_000_000_000, 4_000_000, 4, 1_000_000_000));
+        assert!(is_discontinuous(
+            1_000_000_000,
+            20_000_000_000,
+            4_000_000,
+            4,
+            1_000_000_000
+        ));
     }
 }

@@ -362,7 +362,10 @@ mod tests {
         assert_eq!(split_exact(10, &[1, 1, 1]), Some(vec![4, 3, 3]));
         assert_eq!(split_exact(0, &[5, 7]), Some(vec![0, 0]));
         assert_eq!(split_exact(7, &[0, 0]), None);
-        assert_eq!(split_exact(u64::MAX, &[u64::MAX, 1]).map(|p| p.iter().sum::<u64>()), Some(u64::MAX));
+        assert_eq!(
+            split_exact(u64::MAX, &[u64::MAX, 1]).map(|p| p.iter().sum::<u64>()),
+            Some(u64::MAX)
+        );
     }
 
     fn vm<'a>(busy: u64, usage: &'a [u64], reserve: &'a [u64]) -> VmInput<'a> {

@@ -390,7 +390,8 @@ impl Engine {
     }
 
     fn probe(&mut self, vm: usize, guest_send: u64, host_recv: u64) {
-        if let Observed::Discontinuity(_) = self.vms[vm].clock.observe_one_way(guest_send, host_recv)
+        if let Observed::Discontinuity(_) =
+            self.vms[vm].clock.observe_one_way(guest_send, host_recv)
         {
             self.quality.clock_jumps += 1;
         }
@@ -536,10 +537,7 @@ impl Engine {
             start,
             end,
             energy: p.energy.0,
-            vm_cpu: p
-                .vm_share
-                .as_ref()
-                .map(|v| (v.vm_cpu_ns, v.total_cpu_ns)),
+            vm_cpu: p.vm_share.as_ref().map(|v| (v.vm_cpu_ns, v.total_cpu_ns)),
             impact: p.vm_share.as_ref().and_then(|v| {
                 match (v.vm_energy_impact, v.total_energy_impact) {
                     (Some(a), Some(b)) => Some((impact_units(a), impact_units(b))),
@@ -718,14 +716,22 @@ impl Engine {
             idle_estimated: matches!(self.cfg.idle, IdleModel::EstimatedFraction { .. }),
             ..WindowFlags::default()
         };
-        let guest_busy_ns: u64 = data.iter().map(|d| d.busy).sum::<u64>().saturating_mul(1_000);
+        let guest_busy_ns: u64 = data
+            .iter()
+            .map(|d| d.busy)
+            .sum::<u64>()
+            .saturating_mul(1_000);
         let cpu_share = vm_cpu
             .map(|(n, d)| Share { num: n, den: d })
             .filter(|s| s.den > 0)
             .or_else(|| {
                 host.map(|(busy, cap)| Share {
                     num: guest_busy_ns,
-                    den: if busy > 0 { busy.max(guest_busy_ns) } else { cap },
+                    den: if busy > 0 {
+                        busy.max(guest_busy_ns)
+                    } else {
+                        cap
+                    },
                 })
                 .filter(|s| s.den > 0)
             });

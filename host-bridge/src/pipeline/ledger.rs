@@ -184,7 +184,11 @@ impl Ledger {
     /// Whether Σ containers + Σ buckets equals the total exactly.
     #[must_use]
     pub fn conserved(&self) -> bool {
-        let c: u128 = self.containers.values().map(|t| u128::from(t.energy.0)).sum();
+        let c: u128 = self
+            .containers
+            .values()
+            .map(|t| u128::from(t.energy.0))
+            .sum();
         let b: u128 = self.buckets.values().map(|v| u128::from(v.0)).sum();
         c + b == u128::from(self.total.0)
     }

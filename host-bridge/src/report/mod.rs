@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod csv;
+pub mod from_attribution;
 pub mod gmt;
 pub mod html;
 pub mod json;

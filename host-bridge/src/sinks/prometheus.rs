@@ -394,6 +394,79 @@ impl MetricsView {
     }
 }
 
+impl MetricsView {
+    /// The view of a live engine: its ledger (cumulative, rebuilt from the recording after a
+    /// restart) and the power of its last closed window.
+    #[must_use]
+    pub fn from_ledger(
+        ledger: &crate::pipeline::Ledger,
+        quality: &crate::pipeline::Quality,
+        last: Option<&crate::pipeline::WindowReport>,
+        source_kind: &str,
+        provenance: Provenance,
+        policy: Policy,
+    ) -> Self {
+        let last_secs = last.map(|w| w.end.0.saturating_sub(w.start.0) as f64 / 1e9);
+        let power = |uj: u64| last_secs.map(|s| crate::report::csv::watts(uj, s));
+        let mut buckets: Vec<(Bucket, u64)> = Vec::new();
+        for (b, v) in ledger.buckets() {
+            let bucket = match b {
+                crate::pipeline::Bucket::VmSystem(_) => Bucket::VmSystem,
+                crate::pipeline::Bucket::VmOverhead(_) => Bucket::VmOverhead,
+                crate::pipeline::Bucket::HostOther => Bucket::HostOther,
+                crate::pipeline::Bucket::Idle => Bucket::Idle,
+                crate::pipeline::Bucket::Unattributed => Bucket::Unattributed,
+            };
+            match buckets.iter_mut().find(|(x, _)| *x == bucket) {
+                Some((_, total)) => *total += v.0,
+                None => buckets.push((bucket, v.0)),
+            }
+        }
+        Self {
+            containers: ledger
+                .containers()
+                .map(|(k, t)| {
+                    let meta = t.meta.as_ref();
+                    let last_uj = last.map_or(0, |w| {
+                        w.vms
+                            .iter()
+                            .filter(|v| v.vm == k.vm)
+                            .flat_map(|v| &v.containers)
+                            .filter(|c| c.id == k.id)
+                            .map(|c| c.energy.0)
+                            .sum()
+                    });
+                    ContainerMetrics {
+                        labels: ContainerLabels {
+                            vm: k.vm.clone(),
+                            container_id: k.id.clone(),
+                            container_name: meta.map(|m| m.name.clone()).unwrap_or_default(),
+                            compose_project: meta
+                                .and_then(|m| m.compose_project.clone())
+                                .unwrap_or_default(),
+                            compose_service: meta
+                                .and_then(|m| m.compose_service.clone())
+                                .unwrap_or_default(),
+                            image: meta.map(|m| m.image.clone()).unwrap_or_default(),
+                        },
+                        energy_uj: t.energy.0,
+                        cpu_us: t.cpu.0,
+                        power_w: power(last_uj),
+                    }
+                })
+                .collect(),
+            buckets,
+            host_energy_uj: ledger.total().0,
+            host_power_w: last.and_then(|w| power(w.energy.0)),
+            source_kind: source_kind.to_string(),
+            provenance,
+            policy,
+            windows: ledger.windows(),
+            degraded_windows: quality.degraded_windows,
+        }
+    }
+}
+
 /// Counters the ingest side increments; read at scrape time.
 #[derive(Debug, Default)]
 pub struct BridgeStats {

@@ -83,7 +83,9 @@ impl Workload {
     fn rate(&self, t_s_milli: u64) -> u64 {
         self.phases
             .iter()
-            .filter(|&&(a, b, _)| t_s_milli >= a.saturating_mul(1000) && t_s_milli < b.saturating_mul(1000))
+            .filter(|&&(a, b, _)| {
+                t_s_milli >= a.saturating_mul(1000) && t_s_milli < b.saturating_mul(1000)
+            })
             .map(|&(_, _, m)| m)
             .sum()
     }
@@ -317,8 +319,20 @@ impl Scenario {
         );
         let mut conn = 1u64;
         let mut instance = 1u64;
-        push(&mut timed, H0 - 500_000, guest(conn, H0 - 500_000, self.hello(instance, self.guest_clock(0))));
-        push(&mut timed, H0 - 400_000, guest(conn, H0 - 400_000, self.table()));
+        push(
+            &mut timed,
+            H0 - 500_000,
+            guest(
+                conn,
+                H0 - 500_000,
+                self.hello(instance, self.guest_clock(0)),
+            ),
+        );
+        push(
+            &mut timed,
+            H0 - 400_000,
+            guest(conn, H0 - 400_000, self.table()),
+        );
 
         let n = self.containers.len();
         let mut raw = vec![0u64; n]; // cgroup usage_usec (restarts from 0)
@@ -360,7 +374,11 @@ impl Scenario {
                 }
             }
             let containers_us: u64 = cpu.iter().sum();
-            let system_us = if paused { 0 } else { self.system_millicores * TICK_MS };
+            let system_us = if paused {
+                0
+            } else {
+                self.system_millicores * TICK_MS
+            };
             let busy_us = containers_us + system_us;
             let overhead_us = busy_us * self.overhead_permille / 1000;
             let host_other_us = self.host_other_millicores * TICK_MS;
@@ -396,7 +414,11 @@ impl Scenario {
                 cum[i] += cpu[i];
             }
             let cap = self.vm_cpus * TICK_MS * 1000;
-            let steal = if paused { 0 } else { cap * self.steal_permille / 1000 };
+            let steal = if paused {
+                0
+            } else {
+                cap * self.steal_permille / 1000
+            };
             stat.user += CpuMicros(containers_us);
             stat.system += CpuMicros(system_us);
             stat.steal += CpuMicros(steal);
@@ -408,9 +430,11 @@ impl Scenario {
             let ms_end = ms + TICK_MS;
             // Power reading at the end of each power period.
             if ms_end % self.power_period_ms == 0 {
-                let noise = i128::from(rng.upto(2 * self.noise_permille)) - i128::from(self.noise_permille);
-                let measured = u64::try_from(i128::from(power_acc) + i128::from(power_acc) * noise / 1000)
-                    .expect("positive");
+                let noise =
+                    i128::from(rng.upto(2 * self.noise_permille)) - i128::from(self.noise_permille);
+                let measured =
+                    u64::try_from(i128::from(power_acc) + i128::from(power_acc) * noise / 1000)
+                        .expect("positive");
                 measured_energy += measured;
                 let end = H0 + dh_end;
                 push(
@@ -457,7 +481,11 @@ impl Scenario {
                     seq = 0;
                 }
                 let at = H0 + dh_end + self.base_delay_ns;
-                push(&mut timed, at, guest(conn, at, self.hello(instance, self.guest_clock(dh_end))));
+                push(
+                    &mut timed,
+                    at,
+                    guest(conn, at, self.hello(instance, self.guest_clock(dh_end))),
+                );
                 push(&mut timed, at + 1, guest(conn, at + 1, self.table()));
                 if reconnect {
                     for (k, s) in resend.iter().enumerate() {
@@ -502,7 +530,11 @@ impl Scenario {
                 let dropped = self.drop_every > 0 && seq % self.drop_every == 0;
                 if !dropped {
                     let at = H0 + dh_end + self.base_delay_ns + rng.upto(self.jitter_ns);
-                    push(&mut timed, at, guest(conn, at, Message::Sample(sample.clone())));
+                    push(
+                        &mut timed,
+                        at,
+                        guest(conn, at, Message::Sample(sample.clone())),
+                    );
                 }
                 resend.push(sample);
                 if resend.len() > 3 {
@@ -512,7 +544,18 @@ impl Scenario {
             if ms_end % self.ping_period_ms == 0 {
                 let g = self.guest_clock(dh_end);
                 let recv = H0 + dh_end + self.base_delay_ns + rng.upto(self.jitter_ns);
-                push(&mut timed, recv, guest(conn, recv, Message::Ping(Ping { id: ms_end, guest_send: MonoNanos(g) })));
+                push(
+                    &mut timed,
+                    recv,
+                    guest(
+                        conn,
+                        recv,
+                        Message::Ping(Ping {
+                            id: ms_end,
+                            guest_send: MonoNanos(g),
+                        }),
+                    ),
+                );
                 let sent = recv + 20_000;
                 push(
                     &mut timed,
@@ -536,9 +579,7 @@ impl Scenario {
         let touched = |dh: u64| {
             let a = (H0 + dh) / window_ns * window_ns;
             let b = a + window_ns;
-            degraded
-                .iter()
-                .any(|&(x, y)| H0 + x < b && H0 + y > a)
+            degraded.iter().any(|&(x, y)| H0 + x < b && H0 + y > a)
         };
         for (dh, per) in &tick_truth {
             if touched(*dh) {
@@ -578,15 +619,22 @@ impl Scenario {
         let run = self.run(cfg.window);
         let entries = roundtrip(&run.entries);
         let att = pipeline::attribute_recording(&entries, cfg).expect("valid config");
-        assert!(att.ledger.conserved(), "{}: ledger not conserved", self.name);
+        assert!(
+            att.ledger.conserved(),
+            "{}: ledger not conserved",
+            self.name
+        );
         for w in &att.windows {
-            assert_eq!(w.parts_sum(), w.energy.0, "{}: window {:?} not conserved", self.name, w.start);
+            assert_eq!(
+                w.parts_sum(),
+                w.energy.0,
+                "{}: window {:?} not conserved",
+                self.name,
+                w.start
+            );
         }
         for (id, &truth) in &run.truth {
-            let got = att
-                .ledger
-                .container("sim-vm", id)
-                .map_or(0, |t| t.energy.0);
+            let got = att.ledger.container("sim-vm", id).map_or(0, |t| t.energy.0);
             let err = got.abs_diff(truth);
             let err_ppm = u128::from(err) * 1_000_000 / u128::from(truth.max(1));
             eprintln!(
@@ -614,7 +662,9 @@ pub fn roundtrip(entries: &[RecordEntry]) -> Vec<RecordEntry> {
         if let RecordEntry::Guest { message, .. } = e {
             buf.clear();
             codec::encode_frame(message, &mut buf).expect("encodable");
-            let payload = codec::split_frame(&mut buf).expect("frame").expect("complete");
+            let payload = codec::split_frame(&mut buf)
+                .expect("frame")
+                .expect("complete");
             let back: Message = codec::decode_payload(&payload).expect("decodable");
             assert_eq!(&back, message);
         }

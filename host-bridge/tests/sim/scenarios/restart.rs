@@ -12,5 +12,8 @@ fn restarts_and_reconnects_proportional_within_half_percent() {
     let (_, att) = s.check_proportional(HALF_PERCENT_PPM);
     let web = att.ledger.container("sim-vm", "web").expect("web row");
     assert_eq!(web.restarts, 2);
-    assert_eq!(att.quality.duplicate_samples, 3, "resent samples are ignored");
+    assert_eq!(
+        att.quality.duplicate_samples, 3,
+        "resent samples are ignored"
+    );
 }

@@ -11,7 +11,12 @@ fn skew_and_jitter_proportional_within_half_percent() {
     s.drop_every = 7;
     s.seed = 7;
     let mut bursty = Workload::steady("bursty", 0);
-    bursty.phases = vec![(0, 120, 1500), (120, 300, 200), (300, 480, 2000), (480, 600, 100)];
+    bursty.phases = vec![
+        (0, 120, 1500),
+        (120, 300, 200),
+        (300, 480, 2000),
+        (480, 600, 100),
+    ];
     s.containers.push(bursty);
     let (_, att) = s.check_proportional(HALF_PERCENT_PPM);
     assert!(att.quality.seq_gaps > 0, "dropped samples are counted");
