@@ -166,6 +166,10 @@ pub async fn run(
         args.baseline.is_finite() && args.baseline >= 0.0,
         "--baseline must be a non-negative number of seconds"
     );
+    // Poll the shutdown future once now so its signal handlers are installed before the
+    // bridge exists: a Ctrl-C from then on stops the run cleanly instead of killing us.
+    tokio::pin!(shutdown);
+    let mut interrupted = futures::FutureExt::now_or_never(&mut shutdown).is_some();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let record = args.out.join("recording.jbr");
@@ -194,10 +198,8 @@ pub async fn run(
     let bridge_stop = stop_bridge.clone();
     let bridge_task = tokio::spawn(async move { bridge.run(bridge_stop.cancelled_owned()).await });
 
-    tokio::pin!(shutdown);
-    let mut interrupted = false;
     let baseline_from = crate::clock::mono_now().0;
-    if args.baseline > 0.0 {
+    if args.baseline > 0.0 && !interrupted {
         writeln!(
             out,
             "baseline: recording idle power for {} s",

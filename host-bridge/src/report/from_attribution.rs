@@ -88,10 +88,10 @@ fn recording_info(src: &RecordingSource<'_>) -> RecordingInfo {
 fn unix_of(entries: &[RecordEntry], mono: u64) -> u64 {
     let mut anchor = None;
     for e in entries {
-        if let RecordEntry::Session(s) = e {
-            if anchor.is_none() || s.mono.0 <= mono {
-                anchor = Some((s.mono.0, s.unix.0));
-            }
+        if let RecordEntry::Session(s) = e
+            && (anchor.is_none() || s.mono.0 <= mono)
+        {
+            anchor = Some((s.mono.0, s.unix.0));
         }
     }
     anchor.map_or(0, |(m, u)| {
