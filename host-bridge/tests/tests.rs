@@ -1,1 +1,10 @@
+//! The host bridge's integration tests, one binary (see the house style).
 
+#[cfg(target_os = "linux")]
+mod bad_input;
+#[cfg(target_os = "linux")]
+mod ingest_real_cgroups;
+#[cfg(target_os = "linux")]
+mod real_cgroup;
+#[cfg(target_os = "linux")]
+mod restart;
