@@ -95,7 +95,7 @@ async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
         return;
     };
     let mut cg = TestCgroup::create(&accounting, "bad-input-idle");
-    cg.spawn_idle();
+    cg.spawn_idle().await;
 
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bridge.sock");
@@ -123,7 +123,7 @@ async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
     let agent = agent_config(&format!("unix://{}", socket.display()), &[&cg.rel], 100);
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent_task = tokio::spawn(guest_agent::run(agent, async {
-        let _ = agent_stopped.await;
+        let _stopped = agent_stopped.await;
     }));
     let mut seen = agent_still_streaming(&record, &cg.rel, 0).await;
 
@@ -163,7 +163,7 @@ async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
     assert!(message.contains("stalled"), "{message}");
     agent_still_streaming(&record, &cg.rel, seen).await;
 
-    let _ = stop_agent.send(());
+    let _sent = stop_agent.send(());
     agent_task
         .await
         .expect("agent task")

@@ -42,7 +42,7 @@ async fn frozen_reading(
     record: &std::path::Path,
 ) -> (u64, u64, u64, u64) {
     signal(burner, Signal::SIGSTOP);
-    wait_stopped(burner);
+    wait_stopped(burner).await;
     let file_busy = busy.usage_us();
     let file_idle = idle.usage_us();
     let after = mono_ns();
@@ -72,8 +72,8 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     };
     let mut busy = TestCgroup::create(&accounting, &format!("ingest-{transport}-busy"));
     let mut idle = TestCgroup::create(&accounting, &format!("ingest-{transport}-idle"));
-    let burner = busy.spawn_burner();
-    idle.spawn_idle();
+    let burner = busy.spawn_burner().await;
+    idle.spawn_idle().await;
 
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec.jbr");
@@ -90,13 +90,13 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     let endpoint = bridge.local_endpoints().remove(0);
     let (stop_bridge, bridge_stopped) = oneshot::channel::<()>();
     let bridge_task = tokio::spawn(bridge.run(async {
-        let _ = bridge_stopped.await;
+        let _stopped = bridge_stopped.await;
     }));
 
     let agent = agent_config(&endpoint, &[&busy.rel, &idle.rel], 100);
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent_task = tokio::spawn(guest_agent::run(agent, async {
-        let _ = agent_stopped.await;
+        let _stopped = agent_stopped.await;
     }));
 
     wait_recorded(&record, DEADLINE, "three samples of both cgroups", |r| {
@@ -108,12 +108,12 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (f2_busy, f2_idle, r2_busy, r2_idle) = frozen_reading(&busy, &idle, burner, &record).await;
 
-    let _ = stop_agent.send(());
+    let _sent = stop_agent.send(());
     agent_task
         .await
         .expect("agent task")
         .expect("agent ends cleanly");
-    let _ = stop_bridge.send(());
+    let _sent = stop_bridge.send(());
     bridge_task
         .await
         .expect("bridge task")
@@ -123,7 +123,7 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     let rec_busy = r2_busy - r1_busy;
     let file_idle = f2_idle - f1_idle;
     let rec_idle = r2_idle - r1_idle;
-    println!(
+    eprintln!(
         "{transport}: busy file {file_busy} µs, recorded {rec_busy} µs; idle file {file_idle} µs, recorded {rec_idle} µs"
     );
     assert!(

@@ -51,11 +51,11 @@ impl Accounting {
             None
         };
         if found.is_none() {
-            println!("skipped: no cgroup CPU accounting under /sys/fs/cgroup on this machine");
+            eprintln!("skipped: no cgroup CPU accounting under /sys/fs/cgroup on this machine");
             return None;
         }
         if !nix::unistd::Uid::effective().is_root() {
-            println!("skipped: creating cgroups needs root");
+            eprintln!("skipped: creating cgroups needs root");
             return None;
         }
         found
@@ -92,7 +92,7 @@ impl TestCgroup {
             if dir.exists() {
                 // Left over by a crashed earlier run of the same pid: start clean.
                 evacuate(root, &dir);
-                let _ = std::fs::remove_dir(&dir);
+                let _removed = std::fs::remove_dir(&dir);
             }
             std::fs::create_dir(&dir)
                 .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", dir.display()));
@@ -101,7 +101,7 @@ impl TestCgroup {
     }
 
     /// Start `sh -c <script>` inside this cgroup; the shell moves itself in, then execs.
-    pub fn spawn(&mut self, script: &str) -> u32 {
+    pub async fn spawn(&mut self, script: &str) -> u32 {
         let procs: Vec<String> = self
             .accounting
             .roots
@@ -128,26 +128,26 @@ impl TestCgroup {
                 "child {pid} never appeared in {}",
                 procs[0]
             );
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         pid
     }
 
     /// A child spinning on one CPU.
-    pub fn spawn_burner(&mut self) -> u32 {
-        self.spawn("sh -c 'while :; do :; done'")
+    pub async fn spawn_burner(&mut self) -> u32 {
+        self.spawn("sh -c 'while :; do :; done'").await
     }
 
     /// A child sleeping.
-    pub fn spawn_idle(&mut self) -> u32 {
-        self.spawn("sleep 3600")
+    pub async fn spawn_idle(&mut self) -> u32 {
+        self.spawn("sleep 3600").await
     }
 
     /// Kill every child and wait for it (its CPU time is final afterwards).
     pub fn kill_children(&mut self) {
         for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _killed = child.kill();
+            let _reaped = child.wait();
         }
         self.children.clear();
     }
@@ -184,6 +184,8 @@ impl TestCgroup {
 }
 
 impl Drop for TestCgroup {
+    // Drop cannot await; the retry sleeps are short and only happen at the end of a test.
+    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
         self.kill_children();
         for root in &self.accounting.roots {
@@ -205,7 +207,7 @@ fn evacuate(root: &Path, dir: &Path) {
         return;
     };
     for pid in text.lines() {
-        let _ = std::fs::write(root.join("cgroup.procs"), pid);
+        let _moved = std::fs::write(root.join("cgroup.procs"), pid);
     }
 }
 
@@ -216,7 +218,7 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// Wait until `/proc/<pid>/stat` says the process is stopped (SIGSTOP delivered).
-pub fn wait_stopped(pid: u32) {
+pub async fn wait_stopped(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -227,7 +229,7 @@ pub fn wait_stopped(pid: u32) {
             return;
         }
         assert!(Instant::now() < deadline, "process {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

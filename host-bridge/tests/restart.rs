@@ -50,7 +50,7 @@ async fn bridge_killed_and_restarted_loses_and_duplicates_nothing() {
         return;
     };
     let mut cg = TestCgroup::create(&accounting, "restart-busy");
-    cg.spawn_burner();
+    cg.spawn_burner().await;
 
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bridge.sock");
@@ -60,7 +60,7 @@ async fn bridge_killed_and_restarted_loses_and_duplicates_nothing() {
     let agent = agent_config(&format!("unix://{}", socket.display()), &[&cg.rel], 100);
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent_task = tokio::spawn(guest_agent::run(agent, async {
-        let _ = agent_stopped.await;
+        let _stopped = agent_stopped.await;
     }));
 
     wait_recorded(&record, DEADLINE, "five samples", |r| {
@@ -99,7 +99,7 @@ async fn bridge_killed_and_restarted_loses_and_duplicates_nothing() {
     })
     .await;
 
-    let _ = stop_agent.send(());
+    let _sent = stop_agent.send(());
     agent_task
         .await
         .expect("agent task")
@@ -123,7 +123,7 @@ async fn bridge_killed_and_restarted_loses_and_duplicates_nothing() {
     );
     let recorded_total = total_from_deltas(&usages);
     let last = usages.last().map_or(0, |u| u.2);
-    println!(
+    eprintln!(
         "restart: cgroup file {file_total} µs, recorded total {recorded_total} µs, last cumulative {last} µs, {} samples",
         usages.len()
     );
