@@ -89,6 +89,13 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecErr
     Ok(value)
 }
 
+/// Decode a `T` from the start of `payload`, ignoring what follows; returns the value and the
+/// bytes it used. For reading a version field before deciding how to decode the rest.
+#[must_use]
+pub fn decode_prefix<T: DeserializeOwned>(payload: &[u8]) -> Option<(T, usize)> {
+    bincode::serde::decode_from_slice(payload, config()).ok()
+}
+
 /// Append `value` as a whole frame (prefix + payload) to `dst`.
 ///
 /// # Errors
