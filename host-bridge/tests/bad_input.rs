@@ -3,7 +3,6 @@
 //!
 //! The bridge runs as its real binary with JSON logs, so the test reads the very lines an
 //! operator would see.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::path::Path;
 use std::process::Stdio;

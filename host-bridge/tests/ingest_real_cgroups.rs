@@ -1,15 +1,15 @@
 //! End to end on the real kernel: real cgroups, a CPU-burning child and an idle one, the real
-//! agent and the real bridge in this process, over a Unix socket and over TCP loopback.
+//! agent and the real bridge in this process, over a Unix socket and over TCP loopback (and
+//! over AF_VSOCK loopback where the `vsock_loopback` module exists: ignored by default).
 //!
 //! The check: between two instants at which the burner is frozen (SIGSTOP, so its counter
 //! cannot move while the agent samples and the test reads), the CPU time the bridge recorded
 //! for each cgroup equals what the cgroup's own file says, within 2 %; the idle cgroup stays
 //! near zero.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::time::Duration;
 
-use host_bridge::config::{Config, ListenEndpoint};
+use host_bridge::config::{Config, ListenEndpoint, VSOCK_CID_ANY};
 use host_bridge::serve::Bridge;
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
@@ -77,8 +77,13 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec.jbr");
+    let vsock_port = 20_000 + rand::random_range(0..40_000u32);
     let listen = match transport {
         "unix" => ListenEndpoint::Unix(dir.path().join("bridge.sock")),
+        "vsock" => ListenEndpoint::Vsock {
+            cid: VSOCK_CID_ANY,
+            port: vsock_port,
+        },
         _ => ListenEndpoint::Tcp {
             host: "127.0.0.1".into(),
             port: 0,
@@ -87,7 +92,11 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     let bridge = Bridge::bind(bridge_config(listen, record.clone()))
         .await
         .expect("bridge binds");
-    let endpoint = bridge.local_endpoints().remove(0);
+    let endpoint = match transport {
+        // VMADDR_CID_LOCAL: the vsock_loopback transport.
+        "vsock" => format!("vsock://1:{vsock_port}"),
+        _ => bridge.local_endpoints().remove(0),
+    };
     let (stop_bridge, bridge_stopped) = oneshot::channel::<()>();
     let bridge_task = tokio::spawn(bridge.run(async {
         let _stopped = bridge_stopped.await;
@@ -161,4 +170,10 @@ async fn real_cgroups_over_unix_socket_match_cgroup_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_cgroups_over_tcp_loopback_match_cgroup_files() {
     recorded_cpu_matches_cgroup_files("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs vsock_loopback (modprobe vsock_loopback)"]
+async fn real_cgroups_over_vsock_loopback_match_cgroup_files() {
+    recorded_cpu_matches_cgroup_files("vsock").await;
 }

@@ -6,7 +6,6 @@
 //! both), else the cgroup2 root. Every cgroup is removed by [`TestCgroup`]'s `Drop`, which
 //! also runs when a test panics: children are killed, leftovers moved to the root, directories
 //! removed.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,7 +4,6 @@
 //! The bridge runs as its real binary so the kill is a real process death; the agent runs
 //! in this process. While the bridge is down the agent keeps sampling into its spool, then
 //! resends after reconnecting; the restarted bridge rebuilds its dedupe table from the file.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::path::Path;
 use std::process::Stdio;
