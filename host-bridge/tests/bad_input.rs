@@ -53,11 +53,18 @@ fn error_in(reply: &[u8]) -> (ErrorCode, String) {
 }
 
 fn hello_v99() -> Vec<u8> {
-    let hello = Message::Hello(Hello {
-        protocol: ProtocolVersion {
+    hello_frame(
+        ProtocolVersion {
             major: 99,
             minor: 3,
         },
+        None,
+    )
+}
+
+fn hello_frame(protocol: ProtocolVersion, auth_token: Option<String>) -> Vec<u8> {
+    let hello = Message::Hello(Hello {
+        protocol,
         agent_version: "99.0.0".into(),
         boot_id: "b".into(),
         instance_id: 1,
@@ -72,7 +79,7 @@ fn hello_v99() -> Vec<u8> {
         },
         sample_period_ms: 1000,
         has_container_metadata: false,
-        auth_token: None,
+        auth_token,
     });
     let mut buf = BytesMut::new();
     codec::encode_frame(&hello, &mut buf).expect("encode");
@@ -194,4 +201,86 @@ async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
         connected, 1,
         "the good agent had to reconnect ({connected} connections):\n{log}"
     );
+}
+
+/// Over the connection cap an agent is told "busy"; without the right token, "unauthorized".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_peers_are_told_busy_and_wrong_tokens_unauthorized() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("bridge.sock");
+    let config = host_bridge::config::Config {
+        listen: vec![host_bridge::config::ListenEndpoint::Unix(socket.clone())],
+        record: dir.path().join("rec.jbr"),
+        max_connections: 1,
+        auth_token: Some("s3cret".into()),
+        live: false,
+        frame_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let bridge = host_bridge::serve::Bridge::bind(config)
+        .await
+        .expect("bridge binds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(bridge.run(async {
+        let _stopped = stopped.await;
+    }));
+
+    // A wrong token is refused in words.
+    let wrong = hello_frame(protocol::PROTOCOL_VERSION, Some("guess".into()));
+    let (code, message) = error_in(&exchange(&socket, &wrong, false).await);
+    assert_eq!(code, ErrorCode::Unauthorized, "{message}");
+    assert!(message.contains("--auth-token"), "{message}");
+
+    // One agent holds the only slot: it is in once its sample is acknowledged ...
+    // (The rejected peer's slot is freed just after its socket closes: retry while busy.)
+    let deadline = Instant::now() + DEADLINE;
+    let holder = loop {
+        let mut holder = UnixStream::connect(&socket).await.expect("connect");
+        let mut opening = hello_frame(protocol::PROTOCOL_VERSION, Some("s3cret".into()));
+        let sample = Message::Sample(protocol::Sample {
+            seq: 0,
+            clock: ClockReading {
+                mono_ns: MonoNanos(1),
+                unix_ns: UnixNanos(1),
+            },
+            vm: protocol::ProcStat::default(),
+            containers: Vec::new(),
+        });
+        let mut buf = BytesMut::new();
+        codec::encode_frame(&sample, &mut buf).expect("encode");
+        opening.extend_from_slice(&buf);
+        holder.write_all(&opening).await.expect("write");
+        let mut reply = BytesMut::new();
+        let first = loop {
+            if let Some(payload) = codec::split_frame(&mut reply).expect("valid frame") {
+                break codec::decode_payload::<Message>(&payload).expect("decodes");
+            }
+            let n = tokio::time::timeout(DEADLINE, holder.read_buf(&mut reply))
+                .await
+                .expect("answered in time")
+                .expect("read");
+            assert!(n > 0, "the bridge closed the holder without a word");
+        };
+        match first {
+            Message::Ack(ack) => {
+                assert_eq!(ack.seq, 0);
+                break holder;
+            }
+            Message::Error(e) if e.code == ErrorCode::Busy && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("expected the holder's sample acknowledged, got {other:?}"),
+        }
+    };
+
+    // ... so the next one is told to come back later.
+    let (code, message) = error_in(&exchange(&socket, &[], false).await);
+    assert_eq!(code, ErrorCode::Busy, "{message}");
+    assert!(message.contains("--max-connections"), "{message}");
+    drop(holder);
+
+    let _sent = stop.send(());
+    task.await
+        .expect("bridge task")
+        .expect("bridge ends cleanly");
 }
