@@ -44,7 +44,8 @@ if [[ ! -x $BUSYBOX ]] || ! is_static "$BUSYBOX"; then
 fi
 
 ctx="$(mktemp -d)"
-trap 'rm -rf "$ctx"' EXIT
+log="$(mktemp)"
+trap 'rm -rf "$ctx" "$log"' EXIT
 cp "$BUSYBOX" "$ctx/busybox"
 cat >"$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
@@ -53,5 +54,9 @@ COPY busybox /bin/busybox
 ENTRYPOINT ["/bin/busybox"]
 CMD ["sleep", "3600"]
 DOCKERFILE
-docker build --quiet --tag "$IMAGE" "$ctx" >/dev/null
+if ! docker build --tag "$IMAGE" "$ctx" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "build-test-images.sh: docker build failed" >&2
+    exit 1
+fi
 echo "build-test-images.sh: built $IMAGE"

@@ -53,7 +53,7 @@ pub struct Cli {
     pub docker: bool,
 
     /// Do not talk to Docker; report cgroups only.
-    #[arg(long)]
+    #[arg(long, overrides_with = "docker")]
     pub no_docker: bool,
 
     /// Docker engine address: `unix:///path`, an absolute socket path or `tcp://host:port`.

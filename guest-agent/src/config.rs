@@ -42,23 +42,11 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
-/// A string that is not an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid endpoint {input:?}: {reason}; expected vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH"
-)]
-pub struct EndpointParseError {
-    /// The string given.
-    pub input: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
 impl FromStr for Endpoint {
-    type Err = EndpointParseError;
+    type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| EndpointParseError {
+        let err = |reason: &str| ConfigError::Endpoint {
             input: s.to_string(),
             reason: reason.to_string(),
         };
@@ -153,9 +141,16 @@ pub struct Config {
 /// A flag value that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--connect` did not parse.
-    #[error("invalid --connect")]
-    Endpoint(#[source] EndpointParseError),
+    /// An endpoint (`--connect`) did not parse.
+    #[error(
+        "invalid endpoint {input:?}: {reason}; expected vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH"
+    )]
+    Endpoint {
+        /// The string given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A number out of range.
     #[error("invalid {flag} {value}: {expected}")]
     OutOfRange {
@@ -178,7 +173,7 @@ impl TryFrom<Cli> for Config {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, Self::Error> {
-        let endpoint = cli.connect.parse().map_err(ConfigError::Endpoint)?;
+        let endpoint = cli.connect.parse()?;
         let sample_period = Duration::from_millis(cli.sample_period_ms);
         if sample_period < MIN_SAMPLE_PERIOD || sample_period > Duration::from_secs(3600) {
             return Err(ConfigError::OutOfRange {
@@ -310,5 +305,13 @@ mod tests {
         assert_eq!(cfg.stream.spool_capacity, DEFAULT_SPOOL_CAPACITY);
         assert_eq!(cfg.sample_period, Duration::from_secs(1));
         assert!(cfg.docker.is_some());
+    }
+
+    #[test]
+    fn config_docker_flag_last_one_wins() {
+        let off = Cli::try_parse_from(["guest-agent", "--docker", "--no-docker"]).unwrap();
+        assert!(Config::try_from(off).unwrap().docker.is_none());
+        let on = Cli::try_parse_from(["guest-agent", "--no-docker", "--docker"]).unwrap();
+        assert!(Config::try_from(on).unwrap().docker.is_some());
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::pipeline::{Pipeline, PipelineStats, Sampling};
@@ -40,6 +40,9 @@ pub const SAMPLE_QUEUE: usize = 64;
 /// Registry events queued between the Docker source and the pipeline. Overflow policy: the
 /// registry waits (`send().await`): events are rare and each one matters.
 pub const REGISTRY_QUEUE: usize = 256;
+
+/// Time allowed, beyond the final-Ack wait, for the stream sink to finish at shutdown.
+pub const SHUTDOWN_EXTRA_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Run the agent until `shutdown` completes, then flush and say Goodbye.
 ///
@@ -125,8 +128,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             done
         }
     };
-    // The pipeline has dropped its sender: the sink flushes, says Goodbye and returns.
-    sink_task.await.context("stream task panicked")?;
+    // The pipeline has dropped its sender: the sink flushes, says Goodbye and returns. A bridge
+    // that stopped reading could block a write forever; do not let it block the exit too.
+    let grace = config.stream.shutdown_ack_timeout + SHUTDOWN_EXTRA_GRACE;
+    let mut sink_task = sink_task;
+    match tokio::time::timeout(grace, &mut sink_task).await {
+        Ok(done) => done.context("stream task panicked")?,
+        Err(_) => {
+            warn!(
+                ?grace,
+                "The stream to the bridge did not finish in time; abandoning it."
+            );
+            sink_task.abort();
+        }
+    }
     if let Some(task) = registry_task {
         task.await.context("docker registry task panicked")?;
     }

@@ -363,3 +363,48 @@ pub fn read_identity(proc_root: &Path) -> Result<(String, String, String, u32), 
 pub fn proc_root_under(root: &Path) -> PathBuf {
     root.join("proc")
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::ContainerInfo;
+
+    use super::*;
+
+    fn info(id: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: format!("name-{id}"),
+            cgroup_path: format!("docker/{id}"),
+            ..ContainerInfo::default()
+        }
+    }
+
+    #[test]
+    fn registry_events_drive_tracking_and_the_table() {
+        let (table, rx) = watch::channel(ContainerTable::new());
+        let mut pending = Vec::new();
+
+        assert!(on_event(RegistryEvent::Upsert(info("a")), &mut pending, &table).is_none());
+        assert!(
+            matches!(&pending[..], [TrackOp::Track { id, rel_path }] if id == "a" && rel_path == "docker/a")
+        );
+        assert_eq!(rx.borrow()["a"].name, "name-a");
+
+        // Died: the caller samples now; the table shows the container exited.
+        let died = on_event(RegistryEvent::Died { id: "a".into() }, &mut pending, &table);
+        assert_eq!(died.as_deref(), Some("a"));
+        assert_eq!(rx.borrow()["a"].state, ContainerState::Exited);
+
+        pending.clear();
+        assert!(
+            on_event(
+                RegistryEvent::Removed { id: "a".into() },
+                &mut pending,
+                &table
+            )
+            .is_none()
+        );
+        assert!(matches!(&pending[..], [TrackOp::Untrack { id }] if id == "a"));
+        assert!(rx.borrow().is_empty());
+    }
+}

@@ -5,8 +5,6 @@
 //! uses unique container names and removes its containers in a guard, even on failure.
 //! Other engineers' containers may come and go on the same engine; assertions only look at
 //! events for this test's own container ids.
-// The whole file is test code of the integration binary; the lint targets unit tests.
-#![allow(clippy::tests_outside_test_module)]
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

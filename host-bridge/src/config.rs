@@ -36,23 +36,11 @@ pub enum ListenEndpoint {
     },
 }
 
-/// A string that is not a listen endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid --listen {input:?}: {reason}; expected tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT"
-)]
-pub struct ListenParseError {
-    /// The string given.
-    pub input: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
 impl FromStr for ListenEndpoint {
-    type Err = ListenParseError;
+    type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ListenParseError {
+        let err = |reason: &str| ConfigError::Listen {
             input: s.to_string(),
             reason: reason.to_string(),
         };
@@ -131,8 +119,15 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A `--listen` did not parse.
-    #[error(transparent)]
-    Listen(#[from] ListenParseError),
+    #[error(
+        "invalid --listen {input:?}: {reason}; expected tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT"
+    )]
+    Listen {
+        /// The string given.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `vsock://` on a host that has no AF_VSOCK.
     #[error("invalid --listen {input:?}: vsock listeners need a Linux host; use tcp:// or unix://")]
     VsockUnsupported {

@@ -48,7 +48,8 @@ fn console_messages(stderr: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn artifact_dir() -> PathBuf {
+/// `target/test-artifacts/` (created): where tests keep what people should look at.
+pub fn artifact_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,

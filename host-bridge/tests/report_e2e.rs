@@ -280,6 +280,10 @@ fn report_e2e_recording_to_golden_json() {
     for f in ["summary.csv", "series.csv", "series.jsonl", "report.html"] {
         assert!(dir.path().join("exclude").join(f).exists(), "{f}");
     }
+    // Keep the page for people to open (CI artefact).
+    let keep = crate::html_chromium::artifact_dir().join("e2e-report.html");
+    std::fs::copy(dir.path().join("exclude/report.html"), &keep).unwrap();
+    eprintln!("e2e report page: {}", keep.display());
 }
 
 #[test]

@@ -1,16 +1,24 @@
-//! The host-bridge integration tests: one binary, one module per topic.
+//! The host bridge's integration tests, one binary (see the house style).
 
 // Integration tests are top-level `#[test]` functions by design, and their helpers may unwrap:
 // a panic is how a test reports failure.
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
+#[cfg(target_os = "linux")]
+mod bad_input;
 mod compare;
 mod gmt;
 mod html_chromium;
+#[cfg(target_os = "linux")]
+mod ingest_real_cgroups;
 mod prometheus_exposition;
 mod prometheus_restart;
+#[cfg(target_os = "linux")]
+mod real_cgroup;
 mod report_e2e;
 mod report_measure;
 mod report_render;
 mod report_support;
+#[cfg(target_os = "linux")]
+mod restart;
 mod sim;

@@ -638,8 +638,9 @@ impl Registry {
         }
         for (id, summary) in running {
             let info = match self.inspect(docker, &id).await {
-                Ok(Some(info)) => info,
-                Ok(None) => continue, // gone since the list
+                Ok(Some(info)) if info.state == ContainerState::Running => info,
+                // Gone or stopped since the list; the replayed events report it.
+                Ok(_) => continue,
                 Err(err) => {
                     tracing::warn!(container = %id, error = %error_chain(&err), "Inspect failed; using the list entry and layout rules.");
                     match info_from_summary(&summary) {

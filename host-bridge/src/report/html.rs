@@ -422,6 +422,11 @@ fn summary_table(report: &Report, out: &mut String) {
     out.push_str("</tr></tbody></table>");
 }
 
+#[allow(clippy::cast_precision_loss)] // display figure
+fn ns_to_ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
 fn quality(report: &Report, out: &mut String) {
     let q = &report.quality;
     out.push_str(&format!(r#"<dl class="quality" id="quality"><dt>Coverage</dt><dd>{:.1} %</dd><dt>Windows</dt><dd>{} ({} degraded)</dd><dt>Guest sequence gaps</dt><dd>{}</dd><dt>Clock offset error</dt><dd>{:.3} ms</dd><dt>Figures</dt><dd>{}</dd></dl>"#,
@@ -429,7 +434,7 @@ fn quality(report: &Report, out: &mut String) {
         q.windows,
         q.degraded_windows,
         q.sequence_gaps,
-        protocol::CpuMicros(q.offset_error_ns / 1_000).as_secs_f64() * 1_000.0,
+        ns_to_ms(q.offset_error_ns),
         if report.is_estimated() {
             r#"<span class="est">estimated</span> no energy sensor: a utilisation model"#
         } else {

@@ -78,18 +78,16 @@ pub struct RecorderHandle {
     tx: mpsc::Sender<Record>,
 }
 
-/// The recorder has stopped (it failed; the error is returned by its task).
-#[derive(Debug, thiserror::Error)]
-#[error("the recorder has stopped")]
-pub struct RecorderGone;
-
 impl RecorderHandle {
     /// Queue an entry, waiting while the queue is full.
     ///
     /// # Errors
-    /// [`RecorderGone`] when the recorder task has ended.
-    pub async fn record(&self, record: Record) -> Result<(), RecorderGone> {
-        self.tx.send(record).await.map_err(|_| RecorderGone)
+    /// [`RecorderError::Stopped`] when the recorder task has ended.
+    pub async fn record(&self, record: Record) -> Result<(), RecorderError> {
+        self.tx
+            .send(record)
+            .await
+            .map_err(|_| RecorderError::Stopped)
     }
 }
 
@@ -133,6 +131,9 @@ pub enum RecorderError {
     /// The blocking write task panicked.
     #[error("the recording task panicked")]
     Join(#[source] tokio::task::JoinError),
+    /// The recorder task has ended (it failed; its own error says why).
+    #[error("the recorder has stopped")]
+    Stopped,
 }
 
 /// The recorder's state. Open with [`Recorder::open`] (blocking), run with [`Recorder::run`].

@@ -206,6 +206,41 @@ mod tests {
     }
 
     #[test]
+    fn discover_stops_at_max_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let shallow = format!("{}/docker-{ID}.scope", "n/".repeat(MAX_DEPTH - 1));
+        let other = ID.replace('0', "1");
+        let deep = format!("{}/{other}", "m/".repeat(MAX_DEPTH));
+        std::fs::create_dir_all(dir.path().join(&shallow)).unwrap();
+        std::fs::create_dir_all(dir.path().join(&deep)).unwrap();
+        let found = discover(dir.path()).unwrap();
+        assert_eq!(
+            found,
+            vec![Found {
+                id: ID.to_owned(),
+                rel_path: shallow.replace("//", "/"),
+            }]
+        );
+    }
+
+    #[test]
+    fn merge_keeps_first_occurrence_of_an_id() {
+        let a = Found {
+            id: "x".into(),
+            rel_path: "v2/x".into(),
+        };
+        let b = Found {
+            id: "x".into(),
+            rel_path: "v1/x".into(),
+        };
+        let c = Found {
+            id: "y".into(),
+            rel_path: "v1/y".into(),
+        };
+        assert_eq!(merge([vec![a.clone()], vec![b, c.clone()]]), vec![a, c]);
+    }
+
+    #[test]
     fn normalize_strips_slashes_and_rejects_escapes() {
         assert_eq!(normalize("/docker/abc/").unwrap(), "docker/abc");
         assert_eq!(normalize("a//./b").unwrap(), "a/b");

@@ -144,13 +144,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Longest a write to an agent may block. An agent that stops reading (while its socket
+/// buffer is full) is closed rather than holding its task, and the bridge's shutdown, forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), ConnectionError> {
     let mut frame = BytesMut::new();
     codec::encode_frame(msg, &mut frame).map_err(|e| match e {
         CodecError::Io(io) => ConnectionError::Io(io),
         other => ConnectionError::Io(std::io::Error::other(other)),
     })?;
-    w.write_all(&frame).await.map_err(ConnectionError::Io)
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&frame)).await {
+        Ok(written) => written.map_err(ConnectionError::Io),
+        Err(_) => Err(ConnectionError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the peer read nothing for {WRITE_TIMEOUT:?}"),
+        ))),
+    }
 }
 
 /// Tell the peer what it did wrong, then close. Failures to tell are only logged at debug:
