@@ -21,4 +21,7 @@ mod report_render;
 mod report_support;
 #[cfg(target_os = "linux")]
 mod restart;
+#[cfg(test)]
+mod attribution_props;
+#[cfg(test)]
 mod sim;

@@ -304,8 +304,9 @@ impl Engine {
         self.close(false)
     }
 
-    /// Close every window that has data, including a last partial one. Call at the end of a
-    /// recording or on shutdown.
+    /// Close every window up to the last power reading (the last one may be partial), or up to
+    /// the last guest sample when there was no power at all. Call at the end of a recording or
+    /// on shutdown.
     pub fn finish(&mut self) -> Vec<WindowReport> {
         self.close(true)
     }
@@ -575,11 +576,18 @@ impl Engine {
     fn ready(&self, b: u64, finishing: bool) -> bool {
         let lag = duration_ns(self.cfg.close_lag);
         if finishing {
-            let data_end = self
-                .vms
-                .iter()
-                .filter_map(|v| v.last.map(|l| l.t))
-                .fold(self.power_end, u64::max);
+            // Energy exists only up to the last power reading; a guest-only tail (the agent's
+            // last sample usually arrives after the last reading) would only add an empty
+            // window. Without any power, the guest data decides (CPU totals still count).
+            let data_end = if self.power_end > 0 {
+                self.power_end
+            } else {
+                self.vms
+                    .iter()
+                    .filter_map(|v| v.last.map(|l| l.t))
+                    .max()
+                    .unwrap_or(0)
+            };
             return b - self.window_ns < data_end;
         }
         if self.now >= b.saturating_add(lag) {
@@ -716,9 +724,28 @@ impl Engine {
             idle_estimated: matches!(self.cfg.idle, IdleModel::EstimatedFraction { .. }),
             ..WindowFlags::default()
         };
-        let guest_busy_ns: u64 = data
+        // When a VM's samples and the power readings cover different parts of the window (the
+        // VM's first or last window, a power gap), the VM's deltas are scaled to the
+        // power-covered part, so that its share against host CPU time (overhead, fallback
+        // share) is neither under- nor overstated. Ratios inside the VM are kept.
+        let scaled: Vec<(u64, Vec<u64>)> = data
             .iter()
-            .map(|d| d.busy)
+            .map(|d| {
+                let span = u64::from(d.coverage_ppm);
+                let want = u64::from(flags.power_coverage_ppm);
+                if span == 0 || want == 0 || span == want {
+                    return (d.busy, d.usage.clone());
+                }
+                let scale = |v: u64| {
+                    u64::try_from(u128::from(v) * u128::from(want) / u128::from(span))
+                        .unwrap_or(u64::MAX)
+                };
+                (scale(d.busy), d.usage.iter().map(|&u| scale(u)).collect())
+            })
+            .collect();
+        let guest_busy_ns: u64 = scaled
+            .iter()
+            .map(|d| d.0)
             .sum::<u64>()
             .saturating_mul(1_000);
         let cpu_share = vm_cpu
@@ -738,8 +765,10 @@ impl Engine {
         let (share, basis) = match self.cfg.vm_share_basis {
             VmShareBasis::EnergyImpact => match impact.filter(|&(_, d)| d > 0) {
                 Some((n, d)) => (Some(Share { num: n, den: d }), VmShareBasis::EnergyImpact),
+                // Nothing to split: nothing fell back.
+                None if energy == 0 => (cpu_share, VmShareBasis::EnergyImpact),
                 None => {
-                    flags.basis_fallback = energy > 0;
+                    flags.basis_fallback = true;
                     (cpu_share, VmShareBasis::CpuTime)
                 }
             },
@@ -765,9 +794,10 @@ impl Engine {
 
         let inputs: Vec<VmInput<'_>> = data
             .iter()
-            .map(|d| VmInput {
-                busy_us: d.busy,
-                usage_us: &d.usage,
+            .zip(&scaled)
+            .map(|(d, (busy, usage))| VmInput {
+                busy_us: *busy,
+                usage_us: usage,
                 reserve: &d.reserve,
                 vm_reserve: u64::from(self.vms[d.vm].cpus.max(1)),
                 degraded: d.degraded,
@@ -844,4 +874,240 @@ fn ratio_ppm(num: u128, den: u128) -> u32 {
         return 0;
     }
     u32::try_from((num * u128::from(PPM) / den).min(u128::from(PPM))).expect("≤ 1e6")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::power::{HostCpu, VmShare};
+    use protocol::{
+        CgroupMode, ClockReading, ContainerCounters, CpuCounters, Goodbye, ProtocolVersion,
+        UnixNanos,
+    };
+
+    const S: u64 = 1_000_000_000;
+    const T0: u64 = 100 * S;
+
+    fn hello(boot: &str, instance: u64, vm: &str) -> Message {
+        Message::Hello(Hello {
+            protocol: ProtocolVersion { major: 1, minor: 0 },
+            agent_version: "t".into(),
+            boot_id: boot.into(),
+            instance_id: instance,
+            vm_name: vm.into(),
+            hostname: "h".into(),
+            kernel_release: "k".into(),
+            cgroup_mode: CgroupMode::V2,
+            cpu_count: 2,
+            clock: ClockReading {
+                mono_ns: MonoNanos(0),
+                unix_ns: UnixNanos(0),
+            },
+            sample_period_ms: 1000,
+            has_container_metadata: false,
+            auth_token: None,
+        })
+    }
+
+    fn sample(seq: u64, g: u64, busy_us: u64, usage: &[(&str, u64)]) -> Message {
+        Message::Sample(Sample {
+            seq,
+            clock: ClockReading {
+                mono_ns: MonoNanos(g),
+                unix_ns: UnixNanos(0),
+            },
+            vm: ProcStat {
+                user: CpuCounters::default().usage + protocol::CpuMicros(busy_us),
+                idle: protocol::CpuMicros(2 * g / 1000 - busy_us),
+                ..ProcStat::default()
+            },
+            containers: usage
+                .iter()
+                .map(|&(id, u)| ContainerCounters {
+                    id: id.into(),
+                    cpu: CpuCounters {
+                        usage: protocol::CpuMicros(u),
+                        ..CpuCounters::default()
+                    },
+                    memory_current: None,
+                    io: None,
+                    cpu_limit_millicores: None,
+                })
+                .collect(),
+        })
+    }
+
+    fn power(end: u64, energy: u64, impact: Option<(f64, f64)>) -> RecordEntry {
+        RecordEntry::Power(PowerSample {
+            end: MonoNanos(end),
+            window_ns: S,
+            energy: MicroJoules(energy),
+            components: Vec::new(),
+            vm_share: Some(VmShare {
+                vm_cpu_ns: S,
+                total_cpu_ns: 2 * S,
+                vm_energy_impact: impact.map(|i| i.0),
+                total_energy_impact: impact.map(|i| i.1),
+            }),
+            host_cpu: Some(HostCpu {
+                busy_ns: 2 * S,
+                capacity_ns: 8 * S,
+            }),
+            provenance: Provenance::Measured,
+        })
+    }
+
+    fn guest(conn: u64, at: u64, message: Message) -> RecordEntry {
+        RecordEntry::Guest {
+            conn,
+            at: MonoNanos(at),
+            message,
+        }
+    }
+
+    /// 20 s of one VM (guest clock = host − T0 + 1 s) with a container "a" at 0.5 core and
+    /// power readings of 1 J/s, except where `gap` says.
+    fn recording(gap: Option<(u64, u64)>, impact: Option<(f64, f64)>) -> Vec<RecordEntry> {
+        let mut e = vec![guest(1, T0, hello("b", 1, "vm"))];
+        for k in 1..=20 {
+            let h = T0 + k * S;
+            e.push(guest(
+                1,
+                h + 1_000,
+                sample(k, h - T0 + S, k * 600_000, &[("a", k * 500_000)]),
+            ));
+            if gap.is_none_or(|(a, b)| k <= a || k > b) {
+                e.push(power(h, 1_000_000, impact));
+            }
+        }
+        e
+    }
+
+    fn cfg(basis: VmShareBasis) -> PipelineConfig {
+        PipelineConfig {
+            vm_share_basis: basis,
+            idle: IdleModel::Baseline { idle_mw: 0 },
+            ..PipelineConfig::default()
+        }
+    }
+
+    #[test]
+    fn power_gap_is_flagged_and_not_invented() {
+        let att = super::super::attribute_recording(
+            &recording(Some((12, 15)), None),
+            cfg(VmShareBasis::CpuTime),
+        )
+        .unwrap();
+        let gap_window = att
+            .windows
+            .iter()
+            .find(|w| w.start.0 == T0 + 10 * S)
+            .unwrap();
+        // Readings ending at 13, 14 and 15 s are missing: 3 s of the window.
+        assert_eq!(gap_window.flags.power_coverage_ppm, 700_000);
+        assert_eq!(gap_window.energy, MicroJoules(7_000_000));
+        assert_eq!(att.ledger.total(), MicroJoules(17_000_000));
+        assert_eq!(att.quality.power_gap_windows, 1);
+        assert!(att.ledger.conserved());
+    }
+
+    #[test]
+    fn energy_impact_basis_is_used_and_stated() {
+        let ei = super::super::attribute_recording(
+            &recording(None, Some((1.0, 4.0))),
+            cfg(VmShareBasis::EnergyImpact),
+        )
+        .unwrap();
+        assert!(
+            ei.windows
+                .iter()
+                .all(|w| w.basis == VmShareBasis::EnergyImpact)
+        );
+        assert_eq!(ei.config.basis, VmShareBasis::EnergyImpact);
+        // VM share 1/4 by energy impact instead of 1/2 by CPU time.
+        let cpu = super::super::attribute_recording(
+            &recording(None, Some((1.0, 4.0))),
+            cfg(VmShareBasis::CpuTime),
+        )
+        .unwrap();
+        let a_ei = ei.ledger.container("vm", "a").unwrap().energy.0;
+        let a_cpu = cpu.ledger.container("vm", "a").unwrap().energy.0;
+        assert!(a_ei.abs_diff(a_cpu / 2) <= 2, "{a_ei} vs {a_cpu}");
+
+        // Not reported: CPU time is used, and each window says so.
+        let fallback = super::super::attribute_recording(
+            &recording(None, None),
+            cfg(VmShareBasis::EnergyImpact),
+        )
+        .unwrap();
+        let with_energy = || fallback.windows.iter().filter(|w| w.energy.0 > 0);
+        assert!(with_energy().count() >= 2);
+        assert!(with_energy().all(|w| w.basis == VmShareBasis::CpuTime));
+        assert!(with_energy().all(|w| w.flags.basis_fallback));
+        assert_eq!(fallback.ledger, cpu.ledger);
+    }
+
+    #[test]
+    fn resent_samples_orphans_and_new_instances_are_handled() {
+        let mut e = recording(None, None);
+        // A reconnect of the same agent resends seq 20 (ignored); an orphan message is
+        // ignored; a restarted agent (new instance, same boot) continues "a".
+        e.push(guest(2, T0 + 20 * S + 5_000, hello("b", 1, "vm")));
+        e.push(guest(
+            2,
+            T0 + 20 * S + 6_000,
+            sample(20, 21 * S, 20 * 600_000, &[("a", 20 * 500_000)]),
+        ));
+        e.push(guest(
+            9,
+            T0 + 20 * S + 7_000,
+            Message::Goodbye(Goodbye { reason: "x".into() }),
+        ));
+        e.push(guest(3, T0 + 20 * S + 8_000, hello("b", 2, "vm")));
+        for k in 21..=30 {
+            let h = T0 + k * S;
+            e.push(guest(
+                3,
+                h + 1_000,
+                sample(k - 21, h - T0 + S, k * 600_000, &[("a", k * 500_000)]),
+            ));
+            e.push(power(h, 1_000_000, None));
+        }
+        let att = super::super::attribute_recording(&e, cfg(VmShareBasis::CpuTime)).unwrap();
+        assert_eq!(att.quality.duplicate_samples, 1);
+        assert_eq!(att.quality.orphan_messages, 1);
+        assert_eq!(att.quality.counter_resets, 0);
+        let a = att.ledger.container("vm", "a").unwrap();
+        // "a" ran 0.5 s per second from the first sample (t = 1 s) to the last (t = 30 s);
+        // the last µs, after the last power reading, stays in the open window.
+        assert!(a.cpu.0.abs_diff(29 * 500_000) <= 1, "{:?}", a.cpu);
+        assert!(att.ledger.conserved());
+    }
+
+    #[test]
+    fn two_vms_split_by_guest_busy_time() {
+        let mut e = vec![
+            guest(1, T0, hello("b1", 1, "one")),
+            guest(2, T0, hello("b2", 1, "two")),
+        ];
+        for k in 1..=20 {
+            let h = T0 + k * S;
+            e.push(guest(
+                1,
+                h + 1_000,
+                sample(k, h - T0, k * 300_000, &[("x", k * 300_000)]),
+            ));
+            e.push(guest(
+                2,
+                h + 2_000,
+                sample(k, h - T0 + 7 * S, k * 100_000, &[("y", k * 100_000)]),
+            ));
+            e.push(power(h, 1_000_000, None));
+        }
+        let att = super::super::attribute_recording(&e, cfg(VmShareBasis::CpuTime)).unwrap();
+        let x = att.ledger.container("one", "x").unwrap().energy.0;
+        let y = att.ledger.container("two", "y").unwrap().energy.0;
+        assert!(x.abs_diff(3 * y) <= 10, "x {x} y {y}");
+        assert!(att.ledger.conserved());
+    }
 }

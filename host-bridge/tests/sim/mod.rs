@@ -429,7 +429,7 @@ impl Scenario {
             let dh_end = dh + TICK_NS;
             let ms_end = ms + TICK_MS;
             // Power reading at the end of each power period.
-            if ms_end % self.power_period_ms == 0 {
+            if ms_end.is_multiple_of(self.power_period_ms) {
                 let noise =
                     i128::from(rng.upto(2 * self.noise_permille)) - i128::from(self.noise_permille);
                 let measured =
@@ -445,7 +445,7 @@ impl Scenario {
                         window_ns: self.power_period_ms * 1_000_000,
                         energy: MicroJoules(measured),
                         components: vec![("cpu".into(), MicroJoules(measured))],
-                        vm_share: self.source_vm_share.then(|| VmShare {
+                        vm_share: self.source_vm_share.then_some(VmShare {
                             vm_cpu_ns: power_vm_ns,
                             total_cpu_ns: power_total_ns,
                             vm_energy_impact: None,
@@ -494,7 +494,7 @@ impl Scenario {
                     }
                 }
             }
-            if ms_end % self.sample_period_ms == 0 {
+            if ms_end.is_multiple_of(self.sample_period_ms) {
                 if let Some(pause_start) = last_sample_before_pause.last().copied()
                     && last_sample_dh.is_some_and(|l| l < pause_start + 1)
                     && degraded.len() < last_sample_before_pause.len()
@@ -527,7 +527,7 @@ impl Scenario {
                         .collect(),
                 };
                 seq += 1;
-                let dropped = self.drop_every > 0 && seq % self.drop_every == 0;
+                let dropped = self.drop_every > 0 && seq.is_multiple_of(self.drop_every);
                 if !dropped {
                     let at = H0 + dh_end + self.base_delay_ns + rng.upto(self.jitter_ns);
                     push(
@@ -541,7 +541,7 @@ impl Scenario {
                     resend.remove(0);
                 }
             }
-            if ms_end % self.ping_period_ms == 0 {
+            if ms_end.is_multiple_of(self.ping_period_ms) {
                 let g = self.guest_clock(dh_end);
                 let recv = H0 + dh_end + self.base_delay_ns + rng.upto(self.jitter_ns);
                 push(
