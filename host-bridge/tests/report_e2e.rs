@@ -274,8 +274,12 @@ fn report_e2e_recording_to_golden_json() {
         "web share {}",
         web.share
     );
-    assert_eq!(web.cpu_us, RUN_S * 600_000);
-    assert_eq!(report.containers[1].cpu_us, 20 * 200_000 + 20 * 300_000);
+    // CPU time is the counters' delta over the attributed windows, interpolated at their
+    // edges (the last sample lands a fraction of a ms after the last window).
+    let near = |got: u64, want: u64| got.abs_diff(want) <= want / 10_000;
+    assert!(near(web.cpu_us, RUN_S * 600_000), "{}", web.cpu_us);
+    let db_cpu = report.containers[1].cpu_us;
+    assert!(near(db_cpu, 20 * 200_000 + 20 * 300_000), "{db_cpu}");
     assert!(web.carbon_g.is_some());
     for f in ["summary.csv", "series.csv", "series.jsonl", "report.html"] {
         assert!(dir.path().join("exclude").join(f).exists(), "{f}");
