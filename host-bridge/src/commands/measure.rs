@@ -13,6 +13,7 @@
 
 use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -227,6 +228,7 @@ pub async fn run(
         let started = Instant::now();
         let show = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(PROGRESS_PERIOD);
+        let mut drawn = 0_usize;
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for the command failed")?,
@@ -246,18 +248,24 @@ pub async fn run(
                 _ = tick.tick() => {
                     if show {
                         let uj = live.progress.host_uj.load(Ordering::Relaxed);
-                        eprint!(
-                            "\r{:>8.1} s  {:>10.3} J host so far",
+                        let view = Arc::clone(&live.view.borrow());
+                        let table = format!(
+                            "{:.1} s elapsed · {:.3} J host energy so far\n{}",
                             started.elapsed().as_secs_f64(),
-                            protocol::MicroJoules(uj).as_joules_f64()
+                            protocol::MicroJoules(uj).as_joules_f64(),
+                            live_attribution::energy_table(&view)
                         );
+                        // Redraw in place: back to the first line of the previous frame.
+                        if drawn > 0 {
+                            eprint!("\x1b[{drawn}F\x1b[J");
+                        }
+                        eprint!("{table}");
+                        drawn = table.lines().count();
                     }
                 }
             }
         };
-        if show {
-            eprintln!();
-        }
+
         exit_code(status)
     };
 
