@@ -33,12 +33,13 @@ const VM_CPUS: u64 = 4;
 const WEB_ID: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
 const DB_ID: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
 
-/// CPU per second of each container (µs): web 600 ms busy, db 200 ms (300 ms after 20 s).
-fn usage_per_s(id: &str, s: u64) -> u64 {
+/// CPU per second of each container (µs): web 600 ms busy, db 200 ms (300 ms after 20 s),
+/// times `db_percent` / 100 for db.
+fn usage_per_s(id: &str, s: u64, db_percent: u64) -> u64 {
     match (id, s >= 20) {
         (WEB_ID, _) => 600_000,
-        (_, false) => 200_000,
-        (_, true) => 300_000,
+        (_, false) => 200_000 * db_percent / 100,
+        (_, true) => 300_000 * db_percent / 100,
     }
 }
 
@@ -52,6 +53,11 @@ fn guest(at: u64, message: Message) -> RecordEntry {
 
 /// The recorded entries (also used by the restart test of the metrics endpoint).
 pub fn entries() -> Vec<RecordEntry> {
+    entries_with_db(100)
+}
+
+/// The same run with db working `db_percent` % as hard.
+fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
     let mut out = vec![
         RecordEntry::Session(SessionStart {
             bridge_version: "0.1.0".into(),
@@ -113,9 +119,11 @@ pub fn entries() -> Vec<RecordEntry> {
     let mut stat = ProcStat::default();
     for s in 0..=RUN_S {
         if s > 0 {
-            web += usage_per_s(WEB_ID, s - 1);
-            db += usage_per_s(DB_ID, s - 1);
-            let busy = usage_per_s(WEB_ID, s - 1) + usage_per_s(DB_ID, s - 1) + 50_000;
+            web += usage_per_s(WEB_ID, s - 1, db_percent);
+            db += usage_per_s(DB_ID, s - 1, db_percent);
+            let busy = usage_per_s(WEB_ID, s - 1, db_percent)
+                + usage_per_s(DB_ID, s - 1, db_percent)
+                + 50_000;
             stat.user += CpuMicros(busy - 50_000);
             stat.system += CpuMicros(50_000);
             stat.idle += CpuMicros(VM_CPUS * 1_000_000 - busy);
@@ -190,9 +198,13 @@ pub fn entries() -> Vec<RecordEntry> {
 
 /// Write [`entries`] as a new recording at `path`.
 pub fn write_recording(path: &Path) {
+    write_recording_with_db(path, 100);
+}
+
+fn write_recording_with_db(path: &Path, db_percent: u64) {
     let (mut writer, existing) = RecordingWriter::open_append(path).unwrap();
     assert!(existing.is_empty());
-    for e in entries() {
+    for e in entries_with_db(db_percent) {
         writer.append(&e).unwrap();
     }
     writer.sync().unwrap();
@@ -440,4 +452,78 @@ fn report_e2e_export_gmt_follows_ingest_rules() {
         first > U0 / 1_000 && first <= (U0 + (RUN_S + 1) * SEC) / 1_000,
         "{first}"
     );
+}
+
+#[test]
+fn report_e2e_compare_two_recordings_with_a_known_difference() {
+    // B's db works 50 % harder: its CPU seconds grow by half, its energy share grows, web's
+    // shrinks by the same amount.
+    let dir = tempfile::tempdir().unwrap();
+    write_recording_with_db(&dir.path().join("a.jbr"), 100);
+    write_recording_with_db(&dir.path().join("b.jbr"), 150);
+    let out = bridge(
+        dir.path(),
+        &[
+            "compare", "a.jbr", "b.jbr", "--window", "5", "--json", "cmp.json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cmp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cmp.json")).unwrap())
+            .unwrap();
+    let row = |label: &str| {
+        cmp["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["label"] == label)
+            .unwrap()
+            .clone()
+    };
+    let (web, db) = (row("web"), row("db"));
+    assert_eq!(db["matched_by"], "compose-service");
+    // CPU: A − B = −(0.5 × 10 s) for db, 0 for web (within the edge interpolation).
+    assert!(
+        (db["cpu_diff_s"].as_f64().unwrap() + 5.0).abs() < 0.01,
+        "{db}"
+    );
+    assert!(web["cpu_diff_s"].as_f64().unwrap().abs() < 0.01, "{web}");
+    let (db_diff, web_diff) = (
+        db["share_diff"].as_f64().unwrap(),
+        web["share_diff"].as_f64().unwrap(),
+    );
+    assert!(db_diff < -0.05, "db share must grow in B: {db_diff}");
+    assert!(
+        (db_diff + web_diff).abs() < 1e-9,
+        "shares of two containers move together"
+    );
+    // CPU-time split: web 24/(24+10) in A vs 24/(24+15) in B.
+    let expected = 24.0 / 34.0 - 24.0 / 39.0;
+    assert!(
+        (web_diff - expected).abs() < 0.01,
+        "{web_diff} vs {expected}"
+    );
+    // The same difference fails a CI threshold below it and passes one above it.
+    let limit = |t: f64| {
+        bridge(
+            dir.path(),
+            &[
+                "compare",
+                "a.jbr",
+                "b.jbr",
+                "--window",
+                "5",
+                "--max-share-diff",
+                &t.to_string(),
+            ],
+        )
+        .status
+        .code()
+    };
+    assert_eq!(limit(web_diff.abs() - 0.01), Some(3));
+    assert_eq!(limit(web_diff.abs() + 0.01), Some(0));
 }
