@@ -51,12 +51,7 @@ fn guest(at: u64, message: Message) -> RecordEntry {
     }
 }
 
-/// The recorded entries (also used by the restart test of the metrics endpoint).
-pub fn entries() -> Vec<RecordEntry> {
-    entries_with_db(100)
-}
-
-/// The same run with db working `db_percent` % as hard.
+/// The recorded entries, with db working `db_percent` % as hard as in the base run.
 fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
     let mut out = vec![
         RecordEntry::Session(SessionStart {
@@ -196,7 +191,7 @@ fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
     out
 }
 
-/// Write [`entries`] as a new recording at `path`.
+/// Write the base run as a new recording at `path` (also used by the metrics restart test).
 pub fn write_recording(path: &Path) {
     write_recording_with_db(path, 100);
 }
