@@ -163,3 +163,44 @@ fn report_series_keeps_an_idle_container_at_zero() {
     assert_eq!(report.series[0].containers_uj[&key], 0);
     assert!(report.series[0].buckets_uj.contains_key(&Bucket::Idle));
 }
+
+#[test]
+fn report_html_merges_long_series_into_a_bounded_chart() {
+    // 1 300 one-second windows (the constructed 10, repeated): the chart merges neighbours so
+    // the page stays small, and each series still carries its whole energy.
+    let mut report = mac_report();
+    let base = report.series.clone();
+    report.series = (0..130)
+        .flat_map(|k| {
+            base.iter().map(move |p| {
+                let mut p = p.clone();
+                p.t_start_s += f64::from(k) * 10.0;
+                p.t_end_s += f64::from(k) * 10.0;
+                p
+            })
+        })
+        .collect();
+    for c in &mut report.containers {
+        c.energy.energy_uj *= 130;
+    }
+    let page = html::to_html(&report);
+    assert!(page.len() < 400_000, "page is {} bytes", page.len());
+    for c in &report.containers {
+        let title = format!(
+            "<title>{}: {}.{:03} J</title>",
+            c.display_name(),
+            c.energy.energy_uj / 1_000_000,
+            (c.energy.energy_uj % 1_000_000) / 1_000
+        );
+        assert!(page.contains(&title), "missing {title}");
+    }
+}
+
+#[test]
+fn report_html_of_a_run_without_windows_says_so() {
+    let mut report = mac_report();
+    report.series.clear();
+    let page = html::to_html(&report);
+    assert!(page.contains("No attributed windows"));
+    assert!(!page.contains("<svg"));
+}

@@ -212,6 +212,12 @@ fn columns(report: &Report, layers: &[Layer]) -> Vec<Column> {
 }
 
 fn chart(report: &Report, out: &mut String) {
+    if report.series.is_empty() {
+        out.push_str(
+            r#"<p id="power-chart" class="sub">No attributed windows: the recording holds no host power readings (or no guest samples) yet.</p>"#,
+        );
+        return;
+    }
     let layers = layers(report);
     let cols = columns(report, &layers);
     let t_min = cols.first().map_or(0.0, |c| c.t0);

@@ -116,7 +116,7 @@ pub enum Policy {
     Exclude,
     /// Idle is spread over containers in proportion to their CPU time.
     Proportional,
-    /// Idle is reserved for a bucket, and shown separately, but counted in totals.
+    /// Idle is spread by reservation: CPU limits, else equally among running containers.
     Reserved,
 }
 
@@ -191,7 +191,7 @@ pub enum Bucket {
     VmOverhead,
     /// Host processes other than the VM.
     HostOther,
-    /// Idle power (policies `exclude` and `reserved`).
+    /// Idle power kept apart (policy `exclude`, or nothing to spread it over).
     Idle,
     /// Energy that could not be attributed (missing samples, gaps).
     Unattributed,
@@ -233,8 +233,8 @@ pub struct BucketReport {
     pub carbon_g: Option<CarbonGrams>,
 }
 
-/// Run totals. `host = vm + host-other (+ idle when not spread)`; the exact identities depend
-/// on the policy and are checked by the pipeline, not here.
+/// Run totals. `host = containers + Σ buckets` exactly (the ledger's conservation), and
+/// `vm = containers + vm-system + vm-overhead`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Totals {
