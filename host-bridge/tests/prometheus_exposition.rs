@@ -106,7 +106,12 @@ fn prometheus_exposition_parses_and_carries_the_ledger() {
     stats.frames_rejected.store(3, Ordering::Relaxed);
     stats.connections_accepted.store(2, Ordering::Relaxed);
     stats.connections_open.store(1, Ordering::Relaxed);
-    let families = parse(&endpoint.render());
+    let text = endpoint.render();
+    assert!(
+        !text.contains("{}"),
+        "unlabelled samples carry no empty braces:\n{text}"
+    );
+    let families = parse(&text);
 
     // Every declared metric is emitted (the RSS gauge exists on Linux only).
     for def in METRICS {

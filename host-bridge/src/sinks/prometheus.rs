@@ -552,13 +552,14 @@ fn counter<'s>(
     samples: &[(Vec<(&'static str, String)>, f64)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(def.base, def.help, unit, def.metric_type())?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        // A single unlabelled sample: `name_total 1.0`, not `name_total{} 1.0`.
+        return ConstCounter::new(*value).encode(metric);
+    }
     for (labels, value) in samples {
-        let c = ConstCounter::new(*value);
-        if labels.is_empty() {
-            c.encode(metric.encode_family(&Vec::<(&str, String)>::new())?)?;
-        } else {
-            c.encode(metric.encode_family(labels)?)?;
-        }
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -570,6 +571,11 @@ fn gauge<'s>(
     samples: &[(Vec<(&'static str, String)>, f64)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(def.base, def.help, unit, def.metric_type())?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        return ConstGauge::new(*value).encode(metric);
+    }
     for (labels, value) in samples {
         ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
     }
