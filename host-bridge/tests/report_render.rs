@@ -97,6 +97,7 @@ fn report_html_is_self_contained_and_shows_every_container() {
     let mut report = mac_report();
     report.apply_grid_intensity(GridIntensity::new(400.0));
     let page = html::to_html(&report);
+    assert_golden("report_constructed.html", &page);
     for c in &report.containers {
         let marker = format!(
             "<path class=\"series\" data-container=\"{}\"",

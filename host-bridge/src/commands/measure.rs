@@ -128,7 +128,6 @@ fn restrict(attr: Attribution, from: u64) -> Attribution {
     }
 }
 
-#[cfg(unix)]
 fn interrupt(child: &tokio::process::Child) {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         // The child may already be gone; then there is nothing to interrupt.

@@ -514,9 +514,19 @@ pub fn to_html(report: &Report) -> String {
     summary_table(report, &mut out);
     out.push_str("<h2>Quality</h2>");
     quality(report, &mut out);
-    out.push_str(&format!("<footer>{} · report schema {} · energy in joules with [low, high] bounds; shares are of the energy attributed to containers</footer></body></html>\n",
+    out.push_str(&format!(
+        "<footer>{} · report schema {} · energy in joules with [low, high] bounds; \
+         shares are of the energy attributed to containers</footer></body></html>\n",
         escape(&report.generated_by),
-        report.schema_version));
+        report.schema_version
+    ));
+    // One block per line, so the page diffs line by line (golden files, reviews). User text is
+    // escaped, so these closing tags can only be ours.
+    for tag in [
+        "</style>", "</h2>", "</div>", "</path>", "</svg>", "</tr>", "</table>", "</dl>", "</li>",
+    ] {
+        out = out.replace(tag, &format!("{tag}\n"));
+    }
     out
 }
 
