@@ -3,6 +3,8 @@
 #[cfg(target_os = "linux")]
 mod bad_input;
 #[cfg(target_os = "linux")]
+mod docker_lifecycle;
+#[cfg(target_os = "linux")]
 mod ingest_real_cgroups;
 #[cfg(target_os = "linux")]
 mod real_cgroup;
