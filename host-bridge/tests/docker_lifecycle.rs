@@ -5,10 +5,10 @@
 //! The container burns CPU, prints its own `cpuacct.usage`, then idles for a second before
 //! exiting; the final recorded usage must be at least the printed value and only the `cat`
 //! and the exit above it. (Why the idle second: the agent also takes an extra sample when the
-//! main process dies, but under load the engine can remove the cgroup before that sample reads
-//! it: seen in two of four parallel test runs (once 13 ms of a 441 ms container). That slice is not lost
-//! to the VM's total, which the parent cgroup and `/proc/stat` still count, but a test that
-//! required it per container would be flaky.)
+//! main process dies, but under load the engine can remove the cgroup before that sample
+//! reads it: seen in two of four parallel test runs, once 13 ms of a 441 ms container. That
+//! slice is not lost to the VM's total, which the parent cgroup and `/proc/stat` still count,
+//! but a test that required it per container would be flaky.)
 //! Uses `joulebridge-test/busybox`, built by `scripts/build-test-images.sh` when missing.
 
 use std::path::Path;
