@@ -30,7 +30,8 @@ pub struct Cli {
     #[arg(long = "cgroup", value_name = "REL_PATH")]
     pub cgroups: Vec<String>,
 
-    /// Do not discover container cgroups; sample only those named with `--cgroup`.
+    /// Do not discover container cgroups by their names; sample only those named with
+    /// `--cgroup` and those the Docker engine reports.
     #[arg(long)]
     pub no_discover: bool,
 

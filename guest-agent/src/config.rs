@@ -164,8 +164,10 @@ pub enum ConfigError {
     /// `--docker-host` did not parse.
     #[error("invalid --docker-host")]
     DockerHost(#[source] DockerError),
-    /// `--no-discover` without any `--cgroup`: nothing to sample.
-    #[error("--no-discover needs at least one --cgroup REL_PATH, otherwise nothing is sampled")]
+    /// `--no-discover --no-docker` without any `--cgroup`: nothing to sample.
+    #[error(
+        "--no-discover with --no-docker needs at least one --cgroup REL_PATH, otherwise nothing is sampled"
+    )]
     NothingToSample,
 }
 
@@ -203,7 +205,7 @@ impl TryFrom<Cli> for Config {
                 expected: "at least 1 millisecond",
             });
         }
-        if cli.no_discover && cli.cgroups.is_empty() {
+        if cli.no_discover && cli.cgroups.is_empty() && cli.no_docker {
             return Err(ConfigError::NothingToSample);
         }
         let docker = if cli.no_docker {
@@ -292,9 +294,12 @@ mod tests {
 
     #[test]
     fn config_no_discover_without_cgroup_is_rejected() {
-        let cli = Cli::try_parse_from(["guest-agent", "--no-discover"]).unwrap();
+        let cli = Cli::try_parse_from(["guest-agent", "--no-discover", "--no-docker"]).unwrap();
         let err = Config::try_from(cli).unwrap_err();
         assert!(matches!(err, ConfigError::NothingToSample), "{err}");
+        // Docker still names containers to sample.
+        let cli = Cli::try_parse_from(["guest-agent", "--no-discover"]).unwrap();
+        assert!(Config::try_from(cli).is_ok());
     }
 
     #[test]

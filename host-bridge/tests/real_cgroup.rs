@@ -312,18 +312,28 @@ pub fn agent_config(
     cgroups: &[&str],
     period_ms: u64,
 ) -> guest_agent::config::Config {
+    agent_config_with(connect, cgroups, period_ms, &["--no-docker"])
+}
+
+/// As [`agent_config`], with extra flags (and Docker on unless they say `--no-docker`).
+pub fn agent_config_with(
+    connect: &str,
+    cgroups: &[&str],
+    period_ms: u64,
+    extra: &[&str],
+) -> guest_agent::config::Config {
     use clap::Parser as _;
     let mut args = vec![
         "guest-agent".to_string(),
         "--connect".into(),
         connect.into(),
         "--no-discover".into(),
-        "--no-docker".into(),
         "--sample-period-ms".into(),
         period_ms.to_string(),
         "--vm-name".into(),
         "test-vm".into(),
     ];
+    args.extend(extra.iter().map(|s| (*s).to_string()));
     for cg in cgroups {
         args.push("--cgroup".into());
         args.push((*cg).to_string());

@@ -10,6 +10,8 @@ mod compare;
 mod gmt;
 mod html_chromium;
 #[cfg(target_os = "linux")]
+mod docker_lifecycle;
+#[cfg(target_os = "linux")]
 mod ingest_real_cgroups;
 mod prometheus_exposition;
 mod prometheus_restart;

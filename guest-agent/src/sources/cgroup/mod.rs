@@ -324,6 +324,8 @@ impl CgroupSampler {
         {
             return Err(first);
         }
+        // With a hierarchy unwalked, "not found" proves nothing: fall back to the directory.
+        let walk_complete = walk_errors.is_empty();
         report.errors.extend(walk_errors);
         let found = layout::merge(lists);
 
@@ -332,8 +334,8 @@ impl CgroupSampler {
             .tracked
             .iter()
             .filter(|(id, t)| match t.origin {
-                Origin::Discovered => !found_ids.contains(id.as_str()),
-                Origin::Manual | Origin::Explicit => !t.dir.is_dir(),
+                Origin::Discovered if walk_complete => !found_ids.contains(id.as_str()),
+                Origin::Discovered | Origin::Manual | Origin::Explicit => !t.dir.is_dir(),
             })
             .map(|(id, _)| id.clone())
             .collect();
