@@ -66,6 +66,7 @@ proptest! {
         let reserve: Vec<Vec<u64>> = vms.iter().map(|v| v.1.iter().map(|c| c.1).collect()).collect();
         let inputs: Vec<VmInput<'_>> = vms.iter().enumerate().map(|(i, v)| VmInput {
             busy_us: v.0,
+            scaled_busy_us: v.0 / 2 + v.3,
             usage_us: &usage[i],
             reserve: &reserve[i],
             vm_reserve: v.3,
@@ -424,5 +425,125 @@ fn chunked_pushes_equal_attribute_recording_on_a_simulated_hour() {
             "the dynamic-only bound does not depend on the policy"
         );
         assert!(c.energy <= r.energy);
+    }
+}
+
+/// Arbitrary (hostile) entries: random connections, sequence numbers, clocks and counters over
+/// the whole u64 range.
+fn hostile_entry() -> impl Strategy<Value = RecordEntry> {
+    let big = prop_oneof![0u64..10_000_000_000, any::<u64>()];
+    prop_oneof![
+        (0u64..3, big.clone(), 0u64..3, 0u32..4).prop_map(|(conn, at, boot, cpus)| {
+            RecordEntry::Guest {
+                conn,
+                at: MonoNanos(at),
+                message: Message::Hello(Hello {
+                    protocol: protocol::PROTOCOL_VERSION,
+                    agent_version: String::new(),
+                    boot_id: format!("b{boot}"),
+                    instance_id: boot,
+                    vm_name: format!("vm{boot}"),
+                    hostname: String::new(),
+                    kernel_release: String::new(),
+                    cgroup_mode: CgroupMode::None,
+                    cpu_count: cpus,
+                    clock: ClockReading {
+                        mono_ns: MonoNanos(0),
+                        unix_ns: UnixNanos(0),
+                    },
+                    sample_period_ms: 1000,
+                    has_container_metadata: false,
+                    auth_token: None,
+                }),
+            }
+        }),
+        (
+            0u64..3,
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            prop::collection::vec((0u8..4, big.clone()), 0..4)
+        )
+            .prop_map(|(conn, at, seq, g, user, cs)| RecordEntry::Guest {
+                conn,
+                at: MonoNanos(at),
+                message: Message::Sample(Sample {
+                    seq,
+                    clock: ClockReading {
+                        mono_ns: MonoNanos(g),
+                        unix_ns: UnixNanos(0)
+                    },
+                    vm: ProcStat {
+                        user: CpuMicros(user),
+                        system: CpuMicros(user / 3),
+                        idle: CpuMicros(g / 1000),
+                        ..ProcStat::default()
+                    },
+                    containers: cs
+                        .into_iter()
+                        .map(|(id, u)| ContainerCounters {
+                            id: format!("c{id}"),
+                            cpu: CpuCounters {
+                                usage: CpuMicros(u),
+                                ..CpuCounters::default()
+                            },
+                            memory_current: None,
+                            io: None,
+                            cpu_limit_millicores: Some(u32::from(id) * 100),
+                        })
+                        .collect(),
+                }),
+            }),
+        (0u64..3, big.clone(), big.clone()).prop_map(|(conn, at, g)| RecordEntry::Guest {
+            conn,
+            at: MonoNanos(at),
+            message: Message::Ping(Ping {
+                id: 0,
+                guest_send: MonoNanos(g)
+            })
+        }),
+        (
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            prop::option::of((big.clone(), big.clone()))
+        )
+            .prop_map(
+                |(end, window_ns, energy, share)| RecordEntry::Power(PowerSample {
+                    end: MonoNanos(end),
+                    window_ns,
+                    energy: MicroJoules(energy),
+                    components: Vec::new(),
+                    vm_share: share.map(|(a, b)| VmShare {
+                        vm_cpu_ns: a,
+                        total_cpu_ns: b,
+                        vm_energy_impact: Some(f64::NAN),
+                        total_energy_impact: Some(1.0)
+                    }),
+                    host_cpu: share.map(|(a, b)| HostCpu {
+                        busy_ns: a,
+                        capacity_ns: b
+                    }),
+                    provenance: Provenance::Estimated,
+                })
+            ),
+        (big.clone(), big).prop_map(|(from, to)| RecordEntry::PowerGap {
+            from: MonoNanos(from),
+            to: MonoNanos(to),
+            reason: String::new()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(3_000))]
+
+    #[test]
+    fn hostile_input_never_panics_and_windows_conserve(entries in prop::collection::vec(hostile_entry(), 0..40), policy_i in 0usize..3) {
+        let att = pipeline::attribute_recording(&entries, cfg(POLICIES[policy_i], 10)).expect("valid");
+        for w in &att.windows {
+            prop_assert_eq!(w.parts_sum(), w.energy.0);
+        }
     }
 }

@@ -59,7 +59,12 @@ pub struct Share {
 #[derive(Clone, Copy, Debug)]
 pub struct VmInput<'a> {
     /// U: Δ guest busy time (user + nice + system + irq + softirq; no steal, no guest), µs.
+    /// Splits the VM's energy between containers and `vm-system`.
     pub busy_us: u64,
+    /// U scaled to the power-covered part of the window (equal to `busy_us` when the VM's
+    /// samples cover the same time as the power readings). Used at host level: VM overhead
+    /// and the split between VMs.
+    pub scaled_busy_us: u64,
     /// u_c: Δ`usage_usec` per container slot, µs.
     pub usage_us: &'a [u64],
     /// Reservation weight per container slot (CPU limit in millicores, else the VM's capacity;
@@ -183,7 +188,7 @@ fn spread(amount: u64, input: &WindowInput<'_>, how: Spread) -> Spreaded {
         .vms
         .iter()
         .map(|v| match how {
-            Spread::Usage => v.busy_us,
+            Spread::Usage => v.scaled_busy_us,
             Spread::Reservation => v.vm_reserve,
         })
         .collect();
@@ -194,7 +199,10 @@ fn spread(amount: u64, input: &WindowInput<'_>, how: Spread) -> Spreaded {
     if how == Spread::Usage
         && let Some(vm_cpu_ns) = input.vm_cpu_ns
     {
-        let busy_ns: u64 = vm_weights.iter().sum::<u64>().saturating_mul(1_000);
+        let busy_ns: u64 = vm_weights
+            .iter()
+            .fold(0u64, |acc, &w| acc.saturating_add(w))
+            .saturating_mul(1_000);
         if vm_cpu_ns > 0 {
             if busy_ns > vm_cpu_ns {
                 out.clamped = true;
@@ -222,7 +230,10 @@ fn spread(amount: u64, input: &WindowInput<'_>, how: Spread) -> Spreaded {
         }
         match how {
             Spread::Usage => {
-                let used: u64 = vm.usage_us.iter().sum();
+                let used: u64 = vm
+                    .usage_us
+                    .iter()
+                    .fold(0u64, |acc, &u| acc.saturating_add(u));
                 if used > vm.busy_us {
                     out.clamped = true;
                 }
@@ -371,6 +382,7 @@ mod tests {
     fn vm<'a>(busy: u64, usage: &'a [u64], reserve: &'a [u64]) -> VmInput<'a> {
         VmInput {
             busy_us: busy,
+            scaled_busy_us: busy,
             usage_us: usage,
             reserve,
             vm_reserve: 4,

@@ -28,6 +28,16 @@ use crate::sources::power::{PowerSample, Provenance};
 
 const NS_PER_MS: u64 = 1_000_000;
 const PPM: u64 = 1_000_000;
+/// Most window edges one sample may cross (≈ 28 h of 10 s windows). A sample further away
+/// from the previous one cannot be placed in time: the VM restarts its cursor there and the
+/// interval is degraded (protects against corrupt timestamps as much as against real gaps).
+const MAX_EDGES_PER_SAMPLE: u64 = 10_000;
+/// Longest power reading accepted (1 h; powermetrics and RAPL readings last about a second).
+/// Longer ones are rejected (`Quality::rejected_power`) rather than smeared over hours.
+const MAX_POWER_WINDOW_NS: u64 = 3_600 * 1_000_000_000;
+/// Runs of empty windows (no power, no guest progress) longer than this are skipped instead of
+/// reported one by one (`Quality::skipped_empty_windows`).
+const MAX_EMPTY_WINDOWS: u64 = 10_000;
 
 /// Counters of one VM at one host instant (continuous, reset-corrected).
 #[derive(Clone, Debug)]
@@ -173,7 +183,20 @@ fn impact_units(v: f64) -> u64 {
 
 /// Every `/proc/stat` field that accounts time (guest and guest_nice are inside user/nice).
 fn accounted(p: &ProcStat) -> u64 {
-    p.user.0 + p.nice.0 + p.system.0 + p.idle.0 + p.iowait.0 + p.irq.0 + p.softirq.0 + p.steal.0
+    [
+        p.user, p.nice, p.system, p.idle, p.iowait, p.irq, p.softirq, p.steal,
+    ]
+    .iter()
+    .fold(0u64, |acc, v| acc.saturating_add(v.0))
+}
+
+/// Guest busy time: user + nice + system + irq + softirq (no idle, iowait, steal; guest and
+/// guest_nice are already inside user and nice). Same as `ProcStat::busy`, saturating, since
+/// counters from a recording are untrusted input.
+fn busy(p: &ProcStat) -> u64 {
+    [p.user, p.nice, p.system, p.irq, p.softirq]
+        .iter()
+        .fold(0u64, |acc, v| acc.saturating_add(v.0))
 }
 
 /// The attribution engine. See the module documentation.
@@ -373,7 +396,7 @@ impl Engine {
                     return;
                 }
                 if let Some(l) = last {
-                    self.quality.seq_gaps += s.seq - l - 1;
+                    self.quality.seq_gaps = self.quality.seq_gaps.saturating_add(s.seq - l - 1);
                 }
                 self.streams[stream].last_seq = Some(s.seq);
                 self.sample(vm, at, s);
@@ -455,7 +478,7 @@ impl Engine {
 
         // Counters, reset-aware (Prometheus semantics).
         let first = vm.last.is_none();
-        let busy_raw = s.vm.busy().0;
+        let busy_raw = busy(&s.vm);
         let total_raw = accounted(&s.vm);
         let d_busy = match vm.busy_raw {
             Some(p) => CpuMicros(busy_raw).reset_aware_delta(CpuMicros(p)).0,
@@ -488,28 +511,44 @@ impl Engine {
             scratch.push((slot, d));
         }
 
+        let mut jumped = false;
         if let Some(last) = vm.last {
             let g_el = g.saturating_sub(last.g);
             let h_el = t - last.t;
             if align::is_discontinuous(g_el, h_el, d_total, vm.cpus, tolerance) {
                 vm.degraded.push((last.t, t));
             }
+            jumped = t.saturating_sub(last.t.max(first_open)) / window_ns > MAX_EDGES_PER_SAMPLE;
+        }
+        if jumped {
+            // Too far to interpolate: drop the counters of the gap, restart the cursor here.
+            for &(slot, d) in &scratch {
+                vm.acc[slot] = vm.acc[slot].saturating_add(d);
+            }
+            vm.busy_acc = vm.busy_acc.saturating_add(d_busy);
+            vm.edges.clear();
+            vm.cursor = Some(vm.snap_now(t));
+        } else if let Some(last) = vm.last {
             // Counter values at every open window edge crossed by (last.t, t].
             let lo = last.t.max(first_open);
-            let mut e = (lo / window_ns + 1) * window_ns;
-            while e <= t {
+            let mut next_edge = (lo / window_ns + 1).checked_mul(window_ns);
+            while let Some(e) = next_edge.filter(|&e| e <= t) {
                 let mut usage = vm.acc.clone();
                 for &(slot, d) in &scratch {
-                    usage[slot] = align::interpolate(last.t, vm.acc[slot], t, vm.acc[slot] + d, e);
+                    let from = vm.acc[slot];
+                    usage[slot] = align::interpolate(last.t, from, t, from.saturating_add(d), e);
                 }
-                let busy = align::interpolate(last.t, vm.busy_acc, t, vm.busy_acc + d_busy, e);
+                let from = vm.busy_acc;
+                let busy = align::interpolate(last.t, from, t, from.saturating_add(d_busy), e);
                 vm.edges.insert(e, Snap { t: e, busy, usage });
-                e += window_ns;
+                next_edge = e.checked_add(window_ns);
             }
         }
-        vm.busy_acc += d_busy;
-        for &(slot, d) in &scratch {
-            vm.acc[slot] += d;
+        if !jumped {
+            vm.busy_acc = vm.busy_acc.saturating_add(d_busy);
+            for &(slot, d) in &scratch {
+                vm.acc[slot] = vm.acc[slot].saturating_add(d);
+            }
         }
         vm.last = Some(LastPoint { t, g, at });
         if vm.cursor.is_none() {
@@ -530,10 +569,14 @@ impl Engine {
     fn power(&mut self, p: &PowerSample) {
         let end = p.end.0;
         self.now = self.now.max(end);
-        if p.window_ns == 0 {
+        if p.window_ns > MAX_POWER_WINDOW_NS {
+            self.quality.rejected_power += 1;
             return;
         }
         let start = end.saturating_sub(p.window_ns);
+        if start >= end {
+            return;
+        }
         let mut seg = Segment {
             start,
             end,
@@ -603,9 +646,19 @@ impl Engine {
     fn close(&mut self, finishing: bool) -> Vec<WindowReport> {
         let mut out = Vec::new();
         while let Some(a) = self.next_window {
-            let b = a + self.window_ns;
+            let Some(b) = a.checked_add(self.window_ns) else {
+                break;
+            };
             if !self.ready(b, finishing) {
                 break;
+            }
+            if let Some(skip_to) = self.empty_run_end(a) {
+                let skipped = (skip_to - a) / self.window_ns;
+                self.quality.skipped_empty_windows += skipped;
+                self.quality.power_gap_windows += skipped;
+                self.window_total_ns += u128::from(skip_to - a);
+                self.next_window = Some(skip_to);
+                continue;
             }
             let report = self.close_window(a, b);
             self.ledger.apply(&report);
@@ -613,6 +666,32 @@ impl Engine {
             self.next_window = Some(b);
         }
         out
+    }
+
+    /// When windows from `a` on are empty (no power, no guest progress) for more than
+    /// [`MAX_EMPTY_WINDOWS`], the start of the first window with data again.
+    fn empty_run_end(&self, a: u64) -> Option<u64> {
+        let mut next = self
+            .segments
+            .iter()
+            .find(|s| s.end > a)
+            .map_or(u64::MAX, |s| s.start.max(a));
+        for vm in &self.vms {
+            let (Some(cursor), Some(last)) = (&vm.cursor, vm.last) else {
+                continue;
+            };
+            if last.t > cursor.t {
+                next = next.min(cursor.t.max(a));
+            }
+        }
+        // Nothing ahead at all: the run ends where windows stop being ready by lag.
+        let lag = duration_ns(self.cfg.close_lag);
+        let next = next.min(self.now.saturating_sub(lag)).max(a);
+        let run = (next - a) / self.window_ns;
+        if run <= MAX_EMPTY_WINDOWS {
+            return None;
+        }
+        Some(a + run * self.window_ns)
     }
 
     #[allow(clippy::too_many_lines)]
@@ -626,13 +705,13 @@ impl Engine {
         let mut host: Option<(u64, u64)> = None;
         let mut estimated = false;
         for seg in self.segments.iter().filter(|s| s.start < b && s.end > a) {
-            energy += prorate(seg.energy, seg, a, b);
+            energy = energy.saturating_add(prorate(seg.energy, seg, a, b));
             covered += seg.end.min(b) - seg.start.max(a);
             let add = |acc: &mut Option<(u64, u64)>, v: Option<(u64, u64)>| {
                 if let Some((x, y)) = v {
                     let (ax, ay) = acc.get_or_insert((0, 0));
-                    *ax += prorate(x, seg, a, b);
-                    *ay += prorate(y, seg, a, b);
+                    *ax = ax.saturating_add(prorate(x, seg, a, b));
+                    *ay = ay.saturating_add(prorate(y, seg, a, b));
                 }
             };
             add(&mut vm_cpu, seg.vm_cpu);
@@ -663,6 +742,7 @@ impl Engine {
             usage: Vec<u64>,
             reserve: Vec<u64>,
             coverage_ppm: u32,
+            span_ns: u64,
             degraded: bool,
             offset_error_ns: u64,
         }
@@ -711,6 +791,7 @@ impl Engine {
                 usage,
                 reserve,
                 coverage_ppm: ratio_ppm(u128::from(span), u128::from(window_ns)),
+                span_ns: span,
                 degraded,
                 offset_error_ns: vm.clock.estimate().map_or(0, |o| o.error_ns),
             });
@@ -725,28 +806,23 @@ impl Engine {
             ..WindowFlags::default()
         };
         // When a VM's samples and the power readings cover different parts of the window (the
-        // VM's first or last window, a power gap), the VM's deltas are scaled to the
-        // power-covered part, so that its share against host CPU time (overhead, fallback
-        // share) is neither under- nor overstated. Ratios inside the VM are kept.
-        let scaled: Vec<(u64, Vec<u64>)> = data
+        // VM's first or last window, a power gap), the VM's busy time is scaled to the
+        // power-covered part for the host-level uses (overhead, fallback share, split between
+        // VMs), so that it is neither under- nor overstated. The split inside the VM uses the
+        // measured deltas.
+        let scaled: Vec<u64> = data
             .iter()
             .map(|d| {
-                let span = u64::from(d.coverage_ppm);
-                let want = u64::from(flags.power_coverage_ppm);
-                if span == 0 || want == 0 || span == want {
-                    return (d.busy, d.usage.clone());
+                if d.span_ns == 0 || covered == 0 || d.span_ns == covered {
+                    return d.busy;
                 }
-                let scale = |v: u64| {
-                    u64::try_from(u128::from(v) * u128::from(want) / u128::from(span))
-                        .unwrap_or(u64::MAX)
-                };
-                (scale(d.busy), d.usage.iter().map(|&u| scale(u)).collect())
+                u64::try_from(u128::from(d.busy) * u128::from(covered) / u128::from(d.span_ns))
+                    .unwrap_or(u64::MAX)
             })
             .collect();
         let guest_busy_ns: u64 = scaled
             .iter()
-            .map(|d| d.0)
-            .sum::<u64>()
+            .fold(0u64, |acc, &b| acc.saturating_add(b))
             .saturating_mul(1_000);
         let cpu_share = vm_cpu
             .map(|(n, d)| Share { num: n, den: d })
@@ -788,16 +864,17 @@ impl Engine {
         )
         .unwrap_or(PPM);
         if estimated {
-            widen += self.cfg.estimated_widen_ppm;
+            widen = widen.saturating_add(self.cfg.estimated_widen_ppm);
         }
         flags.degraded = data.iter().any(|d| d.degraded);
 
         let inputs: Vec<VmInput<'_>> = data
             .iter()
             .zip(&scaled)
-            .map(|(d, (busy, usage))| VmInput {
-                busy_us: *busy,
-                usage_us: usage,
+            .map(|(d, &scaled_busy)| VmInput {
+                busy_us: d.busy,
+                scaled_busy_us: scaled_busy,
+                usage_us: &d.usage,
                 reserve: &d.reserve,
                 vm_reserve: u64::from(self.vms[d.vm].cpus.max(1)),
                 degraded: d.degraded,
@@ -1109,5 +1186,38 @@ mod tests {
         let y = att.ledger.container("two", "y").unwrap().energy.0;
         assert!(x.abs_diff(3 * y) <= 10, "x {x} y {y}");
         assert!(att.ledger.conserved());
+    }
+
+    #[test]
+    fn host_reboot_starts_a_new_time_line_and_keeps_the_ledger() {
+        let session = |mono: u64| {
+            RecordEntry::Session(crate::recording::SessionStart {
+                bridge_version: "t".into(),
+                mono: MonoNanos(mono),
+                unix: UnixNanos(0),
+                hostname: "h".into(),
+                os: "linux".into(),
+            })
+        };
+        let mut e = vec![session(T0 - S)];
+        e.extend(recording(None, None));
+        // The host rebooted: its monotonic clock restarts near zero; the VM rebooted too.
+        e.push(session(2 * S));
+        e.push(guest(1, 3 * S, hello("b-after", 1, "vm")));
+        for k in 1..=20 {
+            let h = 3 * S + k * S;
+            e.push(guest(
+                1,
+                h + 1_000,
+                sample(k, h, k * 600_000, &[("a", k * 500_000)]),
+            ));
+            e.push(power(h, 1_000_000, None));
+        }
+        let att = super::super::attribute_recording(&e, cfg(VmShareBasis::CpuTime)).unwrap();
+        assert_eq!(att.ledger.total(), MicroJoules(40_000_000));
+        assert!(att.ledger.conserved());
+        let a = att.ledger.container("vm", "a").unwrap();
+        assert!(a.cpu.0.abs_diff(38 * 500_000) <= 2, "{:?}", a.cpu);
+        assert!(att.windows.iter().any(|w| w.start.0 < T0));
     }
 }

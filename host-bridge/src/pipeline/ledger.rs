@@ -95,15 +95,17 @@ pub struct Ledger {
 impl Ledger {
     /// Add one closed window.
     pub fn apply(&mut self, w: &WindowReport) {
-        self.total += w.energy;
+        // Saturating: a corrupt recording must not panic the bridge (conservation then fails
+        // visibly through `conserved`).
+        self.total = self.total.saturating_add(w.energy);
         self.windows += 1;
         for vm in &w.vms {
             for c in &vm.containers {
                 let row = self.row(&vm.vm, &c.id);
-                row.energy += c.energy;
-                row.low += c.low;
-                row.high += c.high;
-                row.cpu += c.cpu;
+                row.energy = row.energy.saturating_add(c.energy);
+                row.low = row.low.saturating_add(c.low);
+                row.high = row.high.saturating_add(c.high);
+                row.cpu = row.cpu.saturating_add(c.cpu);
             }
             self.add(Bucket::VmSystem(vm.vm.clone()), vm.system);
             self.add(Bucket::VmOverhead(vm.vm.clone()), vm.overhead);
@@ -115,12 +117,13 @@ impl Ledger {
 
     fn add(&mut self, bucket: Bucket, v: MicroJoules) {
         if v.0 > 0 {
-            *self.buckets.entry(bucket).or_default() += v;
+            let slot = self.buckets.entry(bucket).or_default();
+            *slot = slot.saturating_add(v);
         }
     }
 
     fn row(&mut self, vm: &str, id: &str) -> &mut ContainerTotals {
-        // Avoid allocating the key on the hot path when the row exists.
+        // Once per container per window (not per sample): the key allocation does not matter.
         let key = ContainerKey {
             vm: vm.to_owned(),
             id: id.to_owned(),

@@ -278,6 +278,10 @@ pub struct Quality {
     pub window_shorter_than_sample_period: bool,
     /// Power readings overlapping earlier ones (clipped).
     pub overlapping_power: u64,
+    /// Empty windows skipped in long runs without any data (also counted as power gaps).
+    pub skipped_empty_windows: u64,
+    /// Power readings rejected (longer than an hour).
+    pub rejected_power: u64,
 }
 
 /// What produced an [`Attribution`], echoed with the results.
