@@ -4,13 +4,15 @@
 // a panic is how a test reports failure.
 #![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
 
+#[cfg(test)]
+mod attribution_props;
 #[cfg(target_os = "linux")]
 mod bad_input;
 mod compare;
-mod gmt;
-mod html_chromium;
 #[cfg(target_os = "linux")]
 mod docker_lifecycle;
+mod gmt;
+mod html_chromium;
 #[cfg(target_os = "linux")]
 mod ingest_real_cgroups;
 mod prometheus_exposition;
@@ -23,7 +25,5 @@ mod report_render;
 mod report_support;
 #[cfg(target_os = "linux")]
 mod restart;
-#[cfg(test)]
-mod attribution_props;
 #[cfg(test)]
 mod sim;
