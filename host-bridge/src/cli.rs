@@ -81,10 +81,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub idle_timeout_s: u64,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (loopback by default: the page names
-    /// containers and images).
-    #[arg(long, value_name = "ADDR", default_value = crate::sinks::prometheus::DEFAULT_ADDR)]
-    pub metrics_addr: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics. Default `127.0.0.1:9464` (loopback:
+    /// the page names containers and images); when the default port is taken the bridge runs
+    /// on without metrics, when an address given here cannot be bound it stops.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Do not serve Prometheus metrics.
     #[arg(long)]

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            let metrics = (!args.no_metrics).then_some(args.metrics_addr);
+            let metrics = commands::live_attribution::MetricsBind::from_flags(
+                args.metrics_addr,
+                args.no_metrics,
+            );
             let pipeline = match args.attribution.pipeline_config() {
                 Ok(p) => p,
                 Err(err) => {

@@ -30,7 +30,7 @@ fn serve_args(record: &Path) -> (Config, AttributionArgs) {
         no_live: true,
         frame_timeout_ms: 30_000,
         idle_timeout_s: 120,
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         no_metrics: false,
         attribution: attribution.clone(),
     };
@@ -68,7 +68,10 @@ async fn one_run(record: &Path) -> BTreeMap<String, f64> {
         &mut bridge,
         record,
         attribution.pipeline_config().unwrap(),
-        Some("127.0.0.1:0".parse().unwrap()),
+        Some(live_attribution::MetricsBind {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            required: true,
+        }),
     )
     .await
     .unwrap();
@@ -123,4 +126,47 @@ async fn prometheus_counters_continue_after_a_real_bridge_restart() {
             .all(|(k, v)| *v <= first.get(k).copied().unwrap_or(f64::MAX)),
         "{fresh:?}"
     );
+}
+
+#[tokio::test]
+async fn prometheus_busy_default_address_leaves_the_bridge_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("run.jbr");
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = serve_args(&record).1.pipeline_config().unwrap();
+
+    // The default address taken: the bridge records on without /metrics.
+    let (config, _) = serve_args(&record);
+    let mut bridge = Bridge::bind(config).await.unwrap();
+    let live = live_attribution::attach(
+        &mut bridge,
+        &record,
+        cfg,
+        Some(live_attribution::MetricsBind {
+            addr,
+            required: false,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(live.metrics_addr, None);
+    drop(bridge);
+    live.stop().await.unwrap();
+
+    // An address the user named: failing to bind it is an error.
+    let (config, _) = serve_args(&dir.path().join("other.jbr"));
+    let mut bridge = Bridge::bind(config).await.unwrap();
+    let err = live_attribution::attach(
+        &mut bridge,
+        &dir.path().join("other.jbr"),
+        cfg,
+        Some(live_attribution::MetricsBind {
+            addr,
+            required: true,
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains(&addr.to_string()), "{err:#}");
 }

@@ -63,9 +63,34 @@ fn source_of(entry: &RecordEntry, kind: &mut String, provenance: &mut Provenance
     }
 }
 
+/// Where to serve `/metrics`, and whether failing to bind there is fatal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsBind {
+    /// The address.
+    pub addr: SocketAddr,
+    /// `true` when the user named the address: a bind failure stops the bridge. `false` for
+    /// the default address: the bridge records on without metrics and says so.
+    pub required: bool,
+}
+
+impl MetricsBind {
+    /// From `serve`'s flags: none with `--no-metrics`, else the given or the default address.
+    #[must_use]
+    pub fn from_flags(addr: Option<SocketAddr>, disabled: bool) -> Option<Self> {
+        (!disabled).then(|| Self {
+            addr: addr.unwrap_or_else(|| {
+                prometheus::DEFAULT_ADDR
+                    .parse()
+                    .expect("the default metrics address parses")
+            }),
+            required: addr.is_some(),
+        })
+    }
+}
+
 /// Attach live attribution to `bridge` (after [`Bridge::bind`], before [`Bridge::run`]):
-/// replay its recording into a fresh engine, subscribe to new entries, and serve `/metrics` on
-/// `metrics_addr` when given.
+/// replay its recording into a fresh engine, subscribe to new entries, and serve `/metrics`
+/// when `metrics` says so.
 ///
 /// # Errors
 /// The recording cannot be re-read, the pipeline settings are invalid, or the metrics address
@@ -74,7 +99,7 @@ pub async fn attach(
     bridge: &mut Bridge,
     recording: &Path,
     cfg: PipelineConfig,
-    metrics_addr: Option<SocketAddr>,
+    metrics: Option<MetricsBind>,
 ) -> anyhow::Result<LiveAttribution> {
     let mut engine = Engine::new(cfg).context("invalid attribution settings")?;
     let path = recording.to_path_buf();
@@ -109,16 +134,27 @@ pub async fn attach(
     let cancel = CancellationToken::new();
     let mut server = None;
     let mut bound = None;
-    if let Some(addr) = metrics_addr {
-        let listener = prometheus::bind(addr).await?;
-        bound = Some(listener.local_addr().context("metrics listener address")?);
+    let listener = match metrics {
+        None => None,
+        Some(m) => match prometheus::bind(m.addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) if !m.required => {
+                tracing::warn!(addr = %m.addr, error = %anyhow::Error::new(error), "Default metrics address unavailable; running without /metrics (use --metrics-addr).");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        },
+    };
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().context("metrics listener address")?;
+        bound = Some(addr);
         let endpoint = Arc::new(MetricsEndpoint::new(rx.clone(), Arc::clone(&stats)));
         server = Some(tokio::spawn(prometheus::serve(
             listener,
             endpoint,
             cancel.clone(),
         )));
-        tracing::info!(addr = %bound.map_or_else(String::new, |a| a.to_string()), "Serving Prometheus metrics at /metrics.");
+        tracing::info!(%addr, "Serving Prometheus metrics at /metrics.");
     }
     let progress = Arc::new(Progress::default());
     let task_progress = Arc::clone(&progress);
@@ -176,20 +212,20 @@ impl LiveAttribution {
     }
 }
 
-/// `serve` with live attribution: bind the bridge, attach the engine (and `/metrics` when
-/// `metrics_addr` is given), run until `shutdown`, then drain.
+/// `serve` with live attribution: bind the bridge, attach the engine (and `/metrics` as
+/// `metrics` says), run until `shutdown`, then drain.
 ///
 /// # Errors
 /// As [`Bridge::bind`], [`attach`] and [`Bridge::run`].
 pub async fn serve(
     config: crate::config::Config,
-    metrics_addr: Option<SocketAddr>,
+    metrics: Option<MetricsBind>,
     cfg: PipelineConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut bridge = Bridge::bind(config).await?;
     let recording = bridge.recording_path();
-    let live = attach(&mut bridge, &recording, cfg, metrics_addr).await?;
+    let live = attach(&mut bridge, &recording, cfg, metrics).await?;
     let ran = bridge.run(shutdown).await;
     live.stop().await?;
     ran

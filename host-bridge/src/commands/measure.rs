@@ -181,9 +181,7 @@ pub async fn run(
         no_live: true,
         frame_timeout_ms: 30_000,
         idle_timeout_s: 120,
-        metrics_addr: crate::sinks::prometheus::DEFAULT_ADDR
-            .parse()
-            .expect("the default metrics address parses"),
+        metrics_addr: None,
         no_metrics: true,
         attribution: args.attribution.clone(),
     };
