@@ -205,3 +205,13 @@ fn report_html_of_a_run_without_windows_says_so() {
     assert!(page.contains("No attributed windows"));
     assert!(!page.contains("<svg"));
 }
+
+#[test]
+fn report_html_marks_degraded_windows_in_the_chart() {
+    let report = mac_report();
+    let degraded = report.series.iter().filter(|p| p.degraded).count();
+    assert_eq!(degraded, 1, "the fixture has one degraded window");
+    let page = html::to_html(&report);
+    assert_eq!(page.matches("<rect class=\"degraded\"").count(), degraded);
+    assert!(page.contains("<title>degraded window 8–9 s</title>"));
+}

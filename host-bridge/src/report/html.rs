@@ -30,6 +30,8 @@ const PALETTE: [&str; 12] = [
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#4E79A7",
     "#B07AA1", "#76B7B2", "#EDC948", "#9C755F",
 ];
+/// Marker of degraded windows.
+const DEGRADED: &str = "#D55E00";
 /// Bucket colours (greys), in [`Bucket::ALL`] order.
 const BUCKET_GREYS: [&str; 5] = ["#8c8c8c", "#a6a6a6", "#bfbfbf", "#d9d9d9", "#ececec"];
 
@@ -139,6 +141,7 @@ struct Column {
     t0: f64,
     t1: f64,
     layers_uj: Vec<u64>,
+    degraded: bool,
 }
 
 /// A stacked layer: containers first (largest energy at the bottom), then buckets.
@@ -206,6 +209,7 @@ fn columns(report: &Report, layers: &[Layer]) -> Vec<Column> {
                     .iter()
                     .map(|l| chunk.iter().map(|p| layer_uj(p, l)).sum())
                     .collect(),
+                degraded: chunk.iter().any(|p| p.degraded),
             }
         })
         .collect()
@@ -313,6 +317,16 @@ fn chart(report: &Report, out: &mut String) {
             joules(total_uj)));
         base = top;
     }
+    // Degraded windows: a band along the top, so nobody reads them as clean measurements.
+    for c in cols.iter().filter(|c| c.degraded) {
+        out.push_str(&format!(
+            r#"<rect class="degraded" x="{:.2}" y="{M_TOP}" width="{:.2}" height="5" fill="{DEGRADED}"><title>degraded window {}–{} s</title></rect>"#,
+            x(c.t0),
+            (x(c.t1) - x(c.t0)).max(1.0),
+            trim_float(c.t0),
+            trim_float(c.t1)
+        ));
+    }
     // Axes.
     out.push_str(&format!(r##"<line x1="{M_LEFT}" x2="{M_LEFT}" y1="{M_TOP}" y2="{:.1}" stroke="#333"/><line x1="{M_LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#333"/></svg>"##,
         M_TOP + plot_h,
@@ -320,6 +334,11 @@ fn chart(report: &Report, out: &mut String) {
         M_TOP + plot_h,
         M_TOP + plot_h));
     out.push_str(r#"<div class="legend">"#);
+    if cols.iter().any(|c| c.degraded) {
+        out.push_str(&format!(
+            r#"<span><span class="swatch" style="background:{DEGRADED}"></span>degraded window (top band)</span>"#
+        ));
+    }
     for layer in &layers {
         out.push_str(&format!(
             r#"<span><span class="swatch" style="background:{}"></span>{}</span>"#,
