@@ -6,6 +6,12 @@ mod bad_input;
 mod docker_lifecycle;
 #[cfg(target_os = "linux")]
 mod ingest_real_cgroups;
+mod power_captures;
+mod power_fixtures;
+mod power_hostcpu;
+mod power_rapl;
+mod power_replay;
+mod power_spawn;
 #[cfg(target_os = "linux")]
 mod real_cgroup;
 #[cfg(target_os = "linux")]
