@@ -135,7 +135,9 @@ impl Sampling {
     }
 
     /// One blocking pass: apply tracking changes (from registry events), rescan when due, read everything.
-    fn pass(&mut self, ops: Vec<TrackOp>, seq: u64) -> Option<Sample> {
+    /// `urgent` (a container just died): skip the hierarchy walk so its cgroup is read as soon
+    /// as possible, before the engine removes it.
+    fn pass(&mut self, ops: Vec<TrackOp>, seq: u64, urgent: bool) -> Option<Sample> {
         for op in ops {
             match op {
                 TrackOp::Track { id, rel_path } => {
@@ -146,10 +148,12 @@ impl Sampling {
                 TrackOp::Untrack { id } => self.cgroups.untrack(&id),
             }
         }
-        if self.ticks.is_multiple_of(self.ticks_per_rescan) {
-            self.rescan();
+        if !urgent {
+            if self.ticks.is_multiple_of(self.ticks_per_rescan) {
+                self.rescan();
+            }
+            self.ticks += 1;
         }
-        self.ticks += 1;
         let clock = clock::reading();
         let vm = match self.proc_stat.read() {
             Ok(vm) => vm,
@@ -259,8 +263,9 @@ impl Pipeline {
                 },
             }
             let ops = std::mem::take(&mut pending);
+            let urgent = died.is_some();
             let (returned, sample) = tokio::task::spawn_blocking(move || {
-                let sample = sampling.pass(ops, seq);
+                let sample = sampling.pass(ops, seq, urgent);
                 (sampling, sample)
             })
             .await

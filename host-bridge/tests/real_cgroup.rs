@@ -301,9 +301,9 @@ pub async fn wait_recorded(
     }
 }
 
-/// Monotonic clock now, in ns (the clock samples are stamped with).
+/// Monotonic clock now, in ns, read the way the agent stamps its samples.
 pub fn mono_ns() -> u64 {
-    host_bridge::clock::mono_now().0
+    guest_agent::clock::mono_now().0
 }
 
 /// Guest agent configuration sampling exactly `cgroups` every `period_ms` and dialing `connect`.

@@ -15,6 +15,12 @@ mod gmt;
 mod html_chromium;
 #[cfg(target_os = "linux")]
 mod ingest_real_cgroups;
+mod power_captures;
+mod power_fixtures;
+mod power_hostcpu;
+mod power_rapl;
+mod power_replay;
+mod power_spawn;
 mod prometheus_exposition;
 mod prometheus_restart;
 #[cfg(target_os = "linux")]

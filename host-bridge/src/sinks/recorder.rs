@@ -293,8 +293,8 @@ impl Recorder {
                         boot_id = %origin.stream.boot_id,
                         instance_id = origin.stream.instance_id,
                         missing = s.seq - high - 1,
-                        "Samples missing before seq {} (dropped by the agent); counters are cumulative, so only resolution is lost.",
-                        s.seq
+                        before_seq = s.seq,
+                        "Samples missing (dropped by the agent); counters are cumulative, so only resolution is lost."
                     );
                 }
                 self.written.insert(Arc::clone(&origin.stream), s.seq);
