@@ -116,6 +116,16 @@ fn frames() -> BytesMut {
     buf
 }
 
+fn decode_only(mut buf: BytesMut) -> usize {
+    let mut n = 0usize;
+    while let Some(payload) = codec::split_frame(&mut buf).expect("valid frame") {
+        let entry: RecordEntry = codec::decode_payload(&payload).expect("valid entry");
+        n += usize::from(matches!(entry, RecordEntry::Guest { .. }));
+        black_box(entry);
+    }
+    n
+}
+
 fn decode_and_attribute(mut buf: BytesMut) -> u64 {
     let cfg = PipelineConfig {
         policy: IdlePolicy::Proportional,
@@ -187,6 +197,9 @@ fn bench_cpu(c: &mut Criterion<ThreadCpuTime>) {
             BatchSize::LargeInput,
         );
     });
+    group.bench_function("decode_only_100_containers", |b| {
+        b.iter_batched(|| buf.clone(), decode_only, BatchSize::LargeInput);
+    });
     group.finish();
 }
 
@@ -204,19 +217,7 @@ fn bench(c: &mut Criterion) {
         );
     });
     group.bench_function("decode_only_100_containers", |b| {
-        b.iter_batched(
-            || buf.clone(),
-            |mut buf| {
-                let mut n = 0usize;
-                while let Some(payload) = codec::split_frame(&mut buf).expect("valid frame") {
-                    let entry: RecordEntry = codec::decode_payload(&payload).expect("valid entry");
-                    n += usize::from(matches!(entry, RecordEntry::Guest { .. }));
-                    black_box(entry);
-                }
-                n
-            },
-            BatchSize::LargeInput,
-        );
+        b.iter_batched(|| buf.clone(), decode_only, BatchSize::LargeInput);
     });
     group.finish();
 }

@@ -385,7 +385,7 @@ impl WithWindow for PipelineConfig {
 }
 
 #[test]
-fn chunked_pushes_equal_attribute_recording_on_a_simulated_hour() {
+fn chunked_pushes_equal_attribute_recording_on_a_simulated_quarter_hour() {
     let mut s = crate::sim::Scenario::new("chunks");
     s.duration_s = 900;
     s.containers[0].restarts_at = vec![100];
