@@ -236,14 +236,14 @@ pub async fn accept_loop(
                 );
             }
             Err(_) => {
-                tracker.spawn(reject_busy(stream, limit.available_permits()).instrument(span));
+                tracker.spawn(reject_busy(stream).instrument(span));
             }
         }
     }
     info!(endpoint = %local, "Stopped listening.");
 }
 
-async fn reject_busy(mut stream: BoxedStream, _available: usize) {
+async fn reject_busy(mut stream: BoxedStream) {
     warn!("Connection limit reached; telling the agent to retry later.");
     let mut frame = bytes::BytesMut::new();
     let msg = Message::Error(ErrorMessage {
