@@ -243,6 +243,7 @@ fn entries(p: &Plan) -> Vec<RecordEntry> {
                     message: Message::Ping(Ping {
                         id: k,
                         guest_send: MonoNanos(g),
+                        prev_pong: None,
                     }),
                 },
             ));
@@ -500,7 +501,8 @@ fn hostile_entry() -> impl Strategy<Value = RecordEntry> {
             at: MonoNanos(at),
             message: Message::Ping(Ping {
                 id: 0,
-                guest_send: MonoNanos(g)
+                guest_send: MonoNanos(g),
+                prev_pong: None,
             })
         }),
         (

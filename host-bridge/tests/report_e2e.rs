@@ -175,6 +175,7 @@ fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
             let ping = Ping {
                 id: s,
                 guest_send: MonoNanos(G0 + s * SEC + 499_800_000),
+                prev_pong: None,
             };
             out.push(guest(t, Message::Ping(ping)));
             out.push(guest(

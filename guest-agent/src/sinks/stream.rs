@@ -26,7 +26,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use protocol::{
     ContainerState, Containers, Goodbye, Hello, Message, MessageCodec, MonoNanos, PROTOCOL_VERSION,
-    Ping, Sample,
+    Ping, PongReceipt, Sample,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -156,6 +156,8 @@ pub struct StreamSink {
     spool: Spool,
     stats: Arc<StreamStats>,
     ping_id: u64,
+    /// t3 of the last Pong, sent back in the next Ping so the bridge sees full round trips.
+    last_pong: Option<PongReceipt>,
 }
 
 /// How one connection ended without an error.
@@ -184,6 +186,7 @@ impl StreamSink {
             spool,
             stats: Arc::new(StreamStats::default()),
             ping_id: 0,
+            last_pong: None,
         }
     }
 
@@ -339,7 +342,11 @@ impl StreamSink {
                 }
                 _ = ping.tick() => {
                     self.ping_id += 1;
-                    let ping = Ping { id: self.ping_id, guest_send: clock::mono_now() };
+                    let ping = Ping {
+                        id: self.ping_id,
+                        guest_send: clock::mono_now(),
+                        prev_pong: self.last_pong.take(),
+                    };
                     tx.send(Message::Ping(ping)).await.map_err(StreamError::Io)?;
                 }
             }
@@ -372,6 +379,10 @@ impl StreamSink {
             Some(Ok(Message::Pong(pong))) => {
                 let t3 = clock::mono_now();
                 log_clock_offset(pong, t3);
+                self.last_pong = Some(PongReceipt {
+                    id: pong.id,
+                    guest_recv: t3,
+                });
                 Ok(None)
             }
             Some(Ok(Message::Error(e))) => Err(StreamError::Rejected {

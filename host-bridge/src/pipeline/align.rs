@@ -7,11 +7,14 @@
 //! - A full NTP exchange (t0 guest send, t1 host receive, t2 host send, t3 guest receive) gives
 //!   θ = ((t1 − t0) + (t2 − t3)) / 2 with error ≤ RTT / 2; the estimate with the smallest RTT
 //!   wins ([`OffsetEstimator::observe_round_trip`]).
-//! - Wire format v1 does not carry t3 back to the bridge, so a recording only holds one-way
-//!   observations t1 − t0 = θ + d (d ≥ 0 the transport delay). Their minimum over a sliding
-//!   horizon is an upper bound of θ that is off by the smallest delay seen (tens of µs over
-//!   vsock); the error is then reported as the configured one-way bound
-//!   ([`OffsetEstimator::observe_one_way`]). The horizon makes the estimate follow clock drift.
+//!   Only the guest sees t3, so each Ping carries the t3 of the previous Pong
+//!   (`Ping::prev_pong`); the recording holds the Pong's t0, t1, t2, which completes the exchange.
+//!   Round trips older than the horizon are forgotten, so the estimate follows clock drift.
+//! - Until a full exchange is known (the first Ping period of a connection), one-way
+//!   observations t1 − t0 = θ + d (d ≥ 0 the transport delay) are used: their minimum over a
+//!   sliding horizon is an upper bound of θ that is off by the smallest delay seen (tens of µs
+//!   over vsock); the error is then reported as the configured one-way bound
+//!   ([`OffsetEstimator::observe_one_way`]).
 //!
 //! A one-way observation far *above* the current estimate (by more than the pause tolerance)
 //! means the guest clock lost time against the host (a paused VM whose clock stopped, a host
@@ -47,8 +50,11 @@ pub struct OffsetEstimator {
     /// (host time of the observation, t1 − t0), values increasing from front to back
     /// (monotone deque: the front is the minimum of the horizon).
     one_way: VecDeque<(u64, i128)>,
-    /// Best full round trip: (rtt, offset).
-    round_trip: Option<(u64, i128)>,
+    /// Full round trips within the horizon: (host time t2, rtt, offset).
+    round_trips: VecDeque<(u64, u64, i128)>,
+    /// Host time of the last discontinuity: an exchange that started before it straddles a
+    /// pause or a clock step and says nothing about the offset now.
+    epoch_start_ns: u64,
 }
 
 impl OffsetEstimator {
@@ -61,7 +67,8 @@ impl OffsetEstimator {
             jump_tolerance_ns,
             one_way_error_ns,
             one_way: VecDeque::new(),
-            round_trip: None,
+            round_trips: VecDeque::new(),
+            epoch_start_ns: 0,
         }
     }
 
@@ -74,7 +81,8 @@ impl OffsetEstimator {
             let jump = value - current;
             if jump.unsigned_abs() > u128::from(self.jump_tolerance_ns) {
                 self.one_way.clear();
-                self.round_trip = None;
+                self.round_trips.clear();
+                self.epoch_start_ns = host_recv_ns;
                 result = Observed::Discontinuity(jump);
             }
         }
@@ -96,17 +104,26 @@ impl OffsetEstimator {
 
     /// A full NTP exchange (t0, t1, t2, t3). Keeps the estimate with the smallest round trip.
     pub fn observe_round_trip(&mut self, t0: u64, t1: u64, t2: u64, t3: u64) {
+        if t1 < self.epoch_start_ns {
+            return;
+        }
         let rtt = t3.saturating_sub(t0).saturating_sub(t2.saturating_sub(t1));
         let offset = ((i128::from(t1) - i128::from(t0)) + (i128::from(t2) - i128::from(t3))) / 2;
-        if self.round_trip.is_none_or(|(best, _)| rtt < best) {
-            self.round_trip = Some((rtt, offset));
+        let horizon_start = t2.saturating_sub(self.horizon_ns);
+        self.round_trips.retain(|&(t, _, _)| t >= horizon_start);
+        /// Enough exchanges to ride out a few slow ones; older ones fall out of the horizon.
+        const MAX_ROUND_TRIPS: usize = 64;
+        if self.round_trips.len() == MAX_ROUND_TRIPS {
+            self.round_trips.pop_front();
         }
+        self.round_trips.push_back((t2, rtt, offset));
     }
 
     /// The current estimate, if any probe was seen.
     #[must_use]
     pub fn estimate(&self) -> Option<Offset> {
-        if let Some((rtt, offset_ns)) = self.round_trip {
+        if let Some(&(_, rtt, offset_ns)) = self.round_trips.iter().min_by_key(|&&(_, rtt, _)| rtt)
+        {
             return Some(Offset {
                 offset_ns,
                 error_ns: rtt.div_ceil(2),
@@ -121,7 +138,7 @@ impl OffsetEstimator {
     /// Whether any probe was seen.
     #[must_use]
     pub fn has_estimate(&self) -> bool {
-        self.round_trip.is_some() || !self.one_way.is_empty()
+        !self.round_trips.is_empty() || !self.one_way.is_empty()
     }
 }
 
@@ -209,7 +226,7 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_minimum_rtt() {
-        let mut e = OffsetEstimator::new(1, 1, 1);
+        let mut e = OffsetEstimator::new(1_000_000, 1, 1);
         // θ = 1000; up 10, down 10, processing 5.
         e.observe_round_trip(0, 1_010, 1_015, 25);
         // Asymmetric and slower: up 100, down 10.
@@ -217,6 +234,25 @@ mod tests {
         let est = e.estimate().unwrap();
         assert_eq!(est.offset_ns, 1_000);
         assert_eq!(est.error_ns, 10);
+    }
+
+    #[test]
+    fn round_trip_forgets_exchanges_older_than_the_horizon() {
+        let mut e = OffsetEstimator::new(100, 1_000_000, 1);
+        e.observe_round_trip(0, 1_010, 1_015, 25); // θ = 1000, rtt 20
+        e.observe_round_trip(500, 1_600, 1_605, 615); // θ = 1045, rtt 110, 590 ns later
+        assert_eq!(e.estimate().unwrap().offset_ns, 1_045);
+    }
+
+    #[test]
+    fn round_trip_straddling_a_discontinuity_is_ignored() {
+        let mut e = OffsetEstimator::new(1_000_000_000, 1_000, 1);
+        e.observe_one_way(0, 1_010); // θ ≈ 1000
+        // The guest clock stopped for 1 ms (a pause): the next probe jumps.
+        e.observe_one_way(10_000, 1_012_010);
+        // An exchange whose Pong left before the jump was seen must not count.
+        e.observe_round_trip(0, 1_010, 1_015, 10_025);
+        assert_eq!(e.estimate().unwrap().offset_ns, 1_002_010);
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct VmState {
     name: String,
     cpus: u32,
     clock: OffsetEstimator,
+    /// Recent Pongs (t0, t1, t2), completed into round trips by a later Ping's t3.
+    pongs: VecDeque<protocol::Pong>,
     ids: Vec<String>,
     index: HashMap<String, usize>,
     /// Slots in the order of the previous sample (fast path for the lookup).
@@ -90,6 +92,7 @@ impl VmState {
                 duration_ns(cfg.pause_tolerance),
                 duration_ns(cfg.one_way_error),
             ),
+            pongs: VecDeque::new(),
             ids: Vec::new(),
             index: HashMap::new(),
             order: Vec::new(),
@@ -407,8 +410,30 @@ impl Engine {
                     self.ledger.set_meta(&name, info);
                 }
             }
-            Message::Ping(p) => self.probe(vm, p.guest_send.0, at),
-            Message::Pong(p) => self.probe(vm, p.guest_send.0, p.host_recv.0),
+            Message::Ping(p) => {
+                self.probe(vm, p.guest_send.0, at);
+                let state = &mut self.vms[vm];
+                if let Some(receipt) = p.prev_pong
+                    && let Some(pong) = state.pongs.iter().find(|q| q.id == receipt.id)
+                {
+                    state.clock.observe_round_trip(
+                        pong.guest_send.0,
+                        pong.host_recv.0,
+                        pong.host_send.0,
+                        receipt.guest_recv.0,
+                    );
+                }
+            }
+            Message::Pong(p) => {
+                self.probe(vm, p.guest_send.0, p.host_recv.0);
+                /// A Ping per few seconds; a handful of outstanding Pongs is plenty.
+                const MAX_PONGS: usize = 8;
+                let pongs = &mut self.vms[vm].pongs;
+                if pongs.len() == MAX_PONGS {
+                    pongs.pop_front();
+                }
+                pongs.push_back(*p);
+            }
             _ => {}
         }
     }

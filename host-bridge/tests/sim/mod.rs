@@ -40,8 +40,8 @@ use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use protocol::codec;
 use protocol::{
     CgroupMode, ClockReading, ContainerCounters, ContainerInfo, ContainerState, Containers,
-    CpuCounters, CpuMicros, Hello, Message, MicroJoules, MonoNanos, Ping, Pong, ProcStat, Sample,
-    UnixNanos,
+    CpuCounters, CpuMicros, Hello, Message, MicroJoules, MonoNanos, Ping, Pong, PongReceipt,
+    ProcStat, Sample, UnixNanos,
 };
 
 /// Host monotonic time at the start of a simulation (1000 s after the host boot).
@@ -341,6 +341,8 @@ impl Scenario {
         let mut stat = ProcStat::default();
         let mut seq = 0u64;
         let mut resend: Vec<Sample> = Vec::new();
+        // t3 of the last Pong, carried by the next Ping (as the real agent does).
+        let mut last_pong: Option<PongReceipt> = None;
         let mut power_acc = 0u64; // true µJ since last reading
         let mut power_vm_ns = 0u64;
         let mut power_total_ns = 0u64;
@@ -553,10 +555,16 @@ impl Scenario {
                         Message::Ping(Ping {
                             id: ms_end,
                             guest_send: MonoNanos(g),
+                            prev_pong: last_pong.take(),
                         }),
                     ),
                 );
                 let sent = recv + 20_000;
+                let back = sent + self.base_delay_ns + rng.upto(self.jitter_ns);
+                last_pong = Some(PongReceipt {
+                    id: ms_end,
+                    guest_recv: MonoNanos(self.guest_clock(back - H0)),
+                });
                 push(
                     &mut timed,
                     sent,
