@@ -1,5 +1,5 @@
 //! Time alignment: guest clock → host clock, counters → common window edges, pause detection
-//! (DESIGN-attribution.md §1).
+//! (DESIGN.md §7.1).
 //!
 //! The guest stamps its samples with its own `CLOCK_MONOTONIC`. The bridge maps them onto its
 //! monotonic clock with an offset θ (host = guest + θ) estimated from clock probes:

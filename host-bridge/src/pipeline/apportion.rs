@@ -1,4 +1,4 @@
-//! Apportionment: the pure, integer two-level split of one window (DESIGN-attribution.md §3–§6).
+//! Apportionment: the pure, integer two-level split of one window (DESIGN.md §7.3–§7.6).
 //!
 //! Nothing here knows about clocks, streams or files: [`split_window`] takes the window's host
 //! energy, the shares and the per-container CPU deltas and returns every part in integer µJ.

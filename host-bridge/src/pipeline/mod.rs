@@ -11,7 +11,7 @@
 //! - [`ledger`]: cumulative µJ per (VM, container) and per bucket; survives exit and restart.
 //! - [`engine`]: the stateful part: streams, de-duplication, windows, closing rules.
 //!
-//! The formula, the time model and the policies are written down in `DESIGN-attribution.md`.
+//! The formula, the time model and the policies are written down in `DESIGN.md` §7.
 //! No I/O happens here; all energy arithmetic is integer µJ (u64, u128 products).
 
 pub mod align;
@@ -30,7 +30,7 @@ use crate::sources::power::Provenance;
 pub use engine::Engine;
 pub use ledger::{Bucket, ContainerKey, ContainerTotals, Ledger};
 
-/// Default report window (≥ 10 × the 1 s powermetrics period, DESIGN-attribution.md §1).
+/// Default report window (≥ 10 × the 1 s powermetrics period, DESIGN.md §7.1).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Default tolerance between guest and host elapsed time before a window is degraded.
 pub const DEFAULT_PAUSE_TOLERANCE: Duration = Duration::from_secs(2);
@@ -44,7 +44,7 @@ pub const DEFAULT_ONE_WAY_ERROR: Duration = Duration::from_millis(1);
 /// Default widening of bounds when the power source is an estimate (±25 %).
 pub const DEFAULT_ESTIMATED_WIDEN_PPM: u64 = 250_000;
 /// Default idle estimate when no baseline was measured: 20 % of the window energy (the low end
-/// of the 20–60 % "active idle" range of SPECpower servers; DESIGN-attribution.md §3).
+/// of the 20–60 % "active idle" range of SPECpower servers; DESIGN.md §7.3).
 pub const DEFAULT_IDLE_PERMILLE: u16 = 200;
 
 /// Where idle energy goes.

@@ -14,7 +14,7 @@
 //! truth, never from the engine): every tick's true energy is split by host CPU time,
 //! `E_c = Σ_ticks E_tick · cpu_c / (guest busy + VM overhead + host other)`. Containers with a
 //! different `k_i` still get their CPU-time share: that is what the policy means (P/E cores and
-//! instruction mix are invisible to CPU time, DESIGN-attribution.md §5). Ticks in windows that
+//! instruction mix are invisible to CPU time, DESIGN.md §7.5). Ticks in windows that
 //! contain a pause of the VM (from the last sample before it to the first after it) count for
 //! no container: the pipeline sends those windows to `unattributed` by design.
 //!
