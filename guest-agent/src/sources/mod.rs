@@ -4,7 +4,9 @@
 //! - [`cgroup`]: per-container counters from cgroupfs (v1, v2, hybrid), container discovery by
 //!   cgroup layout.
 //! - [`procfs`]: VM-wide CPU time from `/proc/stat` and the identity fields of the `Hello`.
+//! - [`docker`]: container names and labels from the Docker engine.
 
 pub mod cgroup;
+pub mod docker;
 #[cfg(target_os = "linux")]
 pub mod procfs;
