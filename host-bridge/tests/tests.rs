@@ -33,3 +33,5 @@ mod report_support;
 mod restart;
 #[cfg(test)]
 mod sim;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod vm_e2e;

@@ -65,7 +65,11 @@ qemu=(qemu-system-x86_64 -accel "$accel" -smp "$cpus" -nographic
 
 vhost_pid=''
 cleanup() {
-    [[ -n $vhost_pid ]] && kill -TERM "$vhost_pid" 2>/dev/null && wait "$vhost_pid" 2>/dev/null
+    # (`if`, not `&&`: under `set -e` a failing last command of an && list ends the shell, and
+    # `wait` on a process killed by TERM returns 143.)
+    if [[ -n $vhost_pid ]] && kill -TERM "$vhost_pid" 2>/dev/null; then
+        wait "$vhost_pid" 2>/dev/null || true
+    fi
     return 0
 }
 trap cleanup EXIT

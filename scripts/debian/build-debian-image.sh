@@ -84,7 +84,9 @@ fi
 rootfs=$out/rootfs
 mkdir -p "$out"
 include=systemd-sysv,udev,dbus,$kernel_pkg,initramfs-tools,iproute2,ca-certificates,less,procps
-((docker)) && include+=,docker.io
+# apparmor: Debian kernels enable AppArmor, and dockerd refuses to start containers without
+# apparmor_parser to load its docker-default profile.
+((docker)) && include+=,docker.io,apparmor
 # --update reuses a rootfs debootstrapped with the same suite, arch and package list.
 reuse_ok=0
 [[ $(cat "$rootfs/.joulebridge-debootstrap" 2>/dev/null) == "$suite $arch $include" ]] && reuse_ok=1

@@ -9,7 +9,7 @@
 #                           [--append "kernel args"] [--console]
 #
 # Files in <dir>: vhost.socket (QEMU <-> vhost-device-vsock), vm.vsock (host -> guest, unused),
-# vm.vsock_<P> (yours), console.log (guest serial console), vhost-device-vsock.log.
+# vm.vsock_<P> (yours), console.log (guest serial console), vhost-device-vsock.log, qemu.pid.
 # One dir per run: each run has its own vhost-device-vsock, so every guest can use CID 3 and runs
 # can go in parallel. Exit status: QEMU's (0 after a guest poweroff), 124 on timeout. QEMU's status
 # says nothing about what the guest did: judge a run by what the host received.
@@ -48,14 +48,18 @@ cleanup() {
     # Only the processes this script started, by pid: vhost-device-vsock does not exit when the VM
     # stops.
     # qemu_pid is the `timeout` wrapper, which passes TERM on to QEMU.
-    [[ -n $qemu_pid ]] && kill -TERM "$qemu_pid" 2>/dev/null
-    [[ -n $vhost_pid ]] && kill -TERM "$vhost_pid" 2>/dev/null && wait "$vhost_pid" 2>/dev/null
+    if [[ -n $qemu_pid ]]; then kill -TERM "$qemu_pid" 2>/dev/null || true; fi
+    # (`if`, not `&&`: under `set -e` a failing last command of an && list ends the shell, and
+    # `wait` on a process killed by TERM returns 143.)
+    if [[ -n $vhost_pid ]] && kill -TERM "$vhost_pid" 2>/dev/null; then
+        wait "$vhost_pid" 2>/dev/null || true
+    fi
     return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-rm -f "$dir/vhost.socket" "$dir/vm.vsock"
+rm -f "$dir/vhost.socket" "$dir/vm.vsock" "$dir/qemu.pid"
 "$JB_RIG_VHOST_DEVICE_VSOCK" --vm "guest-cid=3,socket=$dir/vhost.socket,uds-path=$dir/vm.vsock" \
     </dev/null >"$dir/vhost-device-vsock.log" 2>&1 &
 vhost_pid=$!
@@ -77,6 +81,8 @@ qemu_args=(
     -chardev "socket,id=char0,path=$dir/vhost.socket"
     -device vhost-user-vsock-pci,chardev=char0
     -nographic -nic none -no-reboot
+    # QEMU's own pid, for whoever needs "the VM process" (the bridge's power source).
+    -pidfile "$dir/qemu.pid"
 )
 timeout --kill-after=5 "$timeout_s" "$JB_RIG_QEMU" "${qemu_args[@]}" </dev/null \
     >"$dir/console.log" 2>&1 &
