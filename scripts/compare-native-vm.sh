@@ -3,15 +3,19 @@
 # (`jb-burn`: busy loop) and one idle container (`jb-idle`: sleep), image
 # joulebridge-test/busybox, measured
 #   native  the guest agent on this host against the host's real Docker engine, streaming over a
-#           Unix socket to a real `host-bridge serve`;
+#           Unix socket to the real bridge;
 #   vm      inside a QEMU guest: the Debian VM of scripts/debian (Docker + the static agent as its
 #           systemd unit, the image preloaded, the containers started at boot), the agent's
 #           AF_VSOCK stream to CID 2 arriving through vhost-device-vsock on the bridge's Unix
 #           socket;
 # then each recording is reported (`host-bridge report`) and the two are compared
-# (`host-bridge compare vm native`).
+# (`host-bridge compare vm native`). Host power is the bridge's estimate source (no sensor here):
+# `serve` does not run a power source yet, so both runs are recorded by
+# host-bridge/examples/record_with_power.rs (the real Bridge plus the real estimate source, one
+# time-ordered recording); for the VM run "the VM" is the QEMU process (its -pidfile), for the
+# native run there is no VM process and the host's busy time is the basis.
 #
-#   scripts/compare-native-vm.sh [--seconds 90] [--out target/compare-native-vm] [--cpus 2]
+#   scripts/compare-native-vm.sh [--seconds 60] [--out target/compare-native-vm] [--cpus 2]
 #       [--accel tcg|kvm] [--image-dir target/debian-vm]
 #
 # Needs root, the Docker engine, and network the first time (the Debian image build, minutes;
@@ -22,7 +26,7 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
-seconds=90 out=$repo_root/target/compare-native-vm cpus=2 accel=tcg image_dir=$repo_root/target/debian-vm
+seconds=60 out=$repo_root/target/compare-native-vm cpus=2 accel=tcg image_dir=$repo_root/target/debian-vm
 while (($#)); do
     case $1 in
     --seconds) seconds=$2; shift 2 ;;
@@ -66,7 +70,9 @@ mkdir -p "$out/native" "$out/vm"
 
 log "building host-bridge, the native agent and the static agent for the VM"
 cargo build -p host-bridge -p guest-agent >&2
+cargo build -p host-bridge --example record_with_power >&2
 bridge=$repo_root/target/debug/host-bridge
+recorder=$repo_root/target/debug/examples/record_with_power
 native_agent=$repo_root/target/debug/guest-agent
 static_agent=$(scripts/vm/build-agent.sh)
 scripts/vm/setup-rig.sh >/dev/null
@@ -86,8 +92,8 @@ chmod +x "$workload"
 
 # --- native --------------------------------------------------------------------------------------
 log "native: bridge + agent on this host, ${seconds} s of workload"
-"$bridge" serve --listen "unix://$out/native/bridge.sock" --record "$out/native.jbr" \
-    --no-live --no-metrics >"$out/native/bridge.log" 2>&1 &
+"$recorder" --listen "unix://$out/native/bridge.sock" --record "$out/native.jbr" --native \
+    >"$out/native/bridge.log" 2>&1 &
 bridge_pid=$!
 pids+=("$bridge_pid")
 for _ in $(seq 1 100); do [[ -S $out/native/bridge.sock ]] && break; sleep 0.1; done
@@ -103,7 +109,7 @@ sleep 3
 kill -TERM "$agent_pid"
 wait_pid "$agent_pid" 15
 kill -TERM "$bridge_pid"
-wait_pid "$bridge_pid" 15
+wait_pid "$bridge_pid" 60
 pids=()
 
 # --- VM ------------------------------------------------------------------------------------------
@@ -115,8 +121,8 @@ scripts/debian/build-debian-image.sh --update --out "$image_dir" --agent "$stati
 log "vm: booting (accel $accel, $cpus vCPUs), ${seconds} s of workload once it runs"
 run=$out/vm/run
 mkdir -p "$run"
-"$bridge" serve --listen "unix://$run/vm.vsock_7777" --record "$out/vm.jbr" \
-    --no-live --no-metrics >"$out/vm/bridge.log" 2>&1 &
+"$recorder" --listen "unix://$run/vm.vsock_7777" --record "$out/vm.jbr" \
+    --vm-pid-file "$run/qemu.pid" >"$out/vm/bridge.log" 2>&1 &
 bridge_pid=$!
 pids+=("$bridge_pid")
 for _ in $(seq 1 100); do [[ -S $run/vm.vsock_7777 ]] && break; sleep 0.1; done
@@ -141,7 +147,7 @@ sleep "$seconds"
 printf 'poweroff\r' >"$run/console.in"
 wait_pid "$boot_pid" 180
 kill -TERM "$bridge_pid"
-wait_pid "$bridge_pid" 15
+wait_pid "$bridge_pid" 60
 
 # --- reports -------------------------------------------------------------------------------------
 log "reports"

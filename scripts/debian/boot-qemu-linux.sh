@@ -60,7 +60,7 @@ run_dir=$(cd "$run_dir" && pwd)
 qemu=(qemu-system-x86_64 -accel "$accel" -smp "$cpus" -nographic
     -kernel "$image_dir/vmlinuz" -initrd "$image_dir/initrd.img" -append "$(cat "$image_dir/cmdline")"
     -drive "file=$image_dir/debian.qcow2,format=qcow2,if=virtio$( ((snapshot)) && echo ,snapshot=on)"
-    -nic user,model=virtio-net-pci)
+    -nic user,model=virtio-net-pci -pidfile "$run_dir/qemu.pid")
 [[ $accel == kvm ]] && qemu+=(-cpu host)
 
 vhost_pid=''
