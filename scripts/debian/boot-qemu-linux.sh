@@ -8,7 +8,7 @@
 #
 # vsock backends:
 #   vhost       /dev/vhost-vsock exists (module vhost_vsock): -device vhost-vsock-pci,guest-cid=3.
-#               The guest's CID 2 is this host: run `host-bridge serve --listen vsock://<port>`.
+#               The guest's CID 2 is this host: run `host-bridge serve --listen vsock://any:<port>`.
 #   vhost-user  no /dev/vhost-vsock (containers, CI machines): vhost-device-vsock maps guest port
 #               P onto the Unix socket <run-dir>/vm.vsock_P, so run
 #               `host-bridge serve --listen unix://<run-dir>/vm.vsock_<port>` (the same Unix-socket
@@ -78,7 +78,7 @@ case $vsock in
 vhost)
     [[ -w /dev/vhost-vsock ]] || die "/dev/vhost-vsock is not writable"
     qemu+=(-m "${mem}M" -device vhost-vsock-pci,guest-cid=3)
-    log "vsock: vhost-vsock, guest CID 3; bridge: host-bridge serve --listen vsock://$port"
+    log "vsock: vhost-vsock, guest CID 3; bridge: host-bridge serve --listen vsock://any:$port"
     ;;
 vhost-user)
     vhost_bin=$cache/vhost/bin/vhost-device-vsock
