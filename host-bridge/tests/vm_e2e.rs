@@ -21,7 +21,8 @@
 //!
 //! Needs: `scripts/vm/setup-rig.sh` (QEMU, busybox-static, the cloud kernel, vhost-device-vsock;
 //! `.ci/run` runs it through `scripts/test.sh`). The test runs it too (idempotent, about a second
-//! when warm) and skips, with the reason, only when the rig cannot be set up on this machine.
+//! when warm) and skips, with the reason, only when the rig cannot be set up on this machine,
+//! unless `JOULEBRIDGE_REQUIRE_VM_RIG` is set: then that is a failure.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+/// Set (to anything) where the rig must work, e.g. in CI: a failing setup then fails the test
+/// instead of skipping it.
+const REQUIRE_RIG_ENV: &str = "JOULEBRIDGE_REQUIRE_VM_RIG";
 /// Guest vsock port the agent dials (and the suffix of the bridge's Unix socket).
 const AGENT_PORT: u32 = 7777;
 /// Guest vsock port of the rig's stop switch (`vsock-hello --wait-stop`).
@@ -202,6 +206,10 @@ fn console_usage_usec(console: &str, cgroup: &str) -> Option<u64> {
 async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
     // 1. The rig. CI sets it up beforehand; here it is a warm no-op.
     if let Err(reason) = run_script("scripts/vm/setup-rig.sh", &[]).await {
+        assert!(
+            std::env::var_os(REQUIRE_RIG_ENV).is_none(),
+            "{REQUIRE_RIG_ENV} is set but the QEMU rig cannot be set up: {reason}"
+        );
         eprintln!("SKIPPED vm_e2e: the QEMU rig cannot be set up on this machine: {reason}");
         return;
     }
