@@ -1,1 +1,2 @@
+mod cgroup_layouts;
 mod docker_registry;
