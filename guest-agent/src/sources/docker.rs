@@ -587,6 +587,8 @@ impl Registry {
         let mut events = docker.events(Some(options));
         loop {
             let handled = tokio::select! {
+                // Exits first: a final sample must not wait behind a burst of events.
+                biased;
                 notice = exit_rx.recv() => match notice {
                     Some(notice) => self.on_exit(notice).await,
                     // Unreachable: `self.exit_tx` keeps the channel open.
