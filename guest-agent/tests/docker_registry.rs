@@ -762,11 +762,11 @@ async fn final_sample_on_died_keeps_the_exited_containers_cpu_total() {
         let mut sampler = CgroupSampler::new(sampler_mounts);
         while let Some(event) = rx.recv().await {
             match event {
-                RegistryEvent::Upsert(info)
-                    if sampler.track(info.id.clone(), &info.cgroup_path).is_ok()
-                        && tracked_tx.send(info.id).await.is_err() =>
-                {
-                    break;
+                RegistryEvent::Upsert(info) => {
+                    let tracked = sampler.track(info.id.clone(), &info.cgroup_path).is_ok();
+                    if tracked && tracked_tx.send(info.id).await.is_err() {
+                        break;
+                    }
                 }
                 RegistryEvent::Died { id } => {
                     let usage = sampler.sample_one(&id).map(|c| c.cpu.usage.0);
