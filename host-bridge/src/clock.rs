@@ -1,14 +1,28 @@
 //! The bridge's clocks.
 //!
-//! Everything is stamped with `CLOCK_MONOTONIC` read through the OS (not `std::time::Instant`,
-//! whose origin is private to the process), so stamps from before and after a bridge restart
-//! on the same host boot are on one time line. Wall-clock time is only a label.
+//! Everything is stamped on one host monotonic time line: `CLOCK_MONOTONIC` read once through the
+//! OS when the process starts, advanced with `std::time::Instant`. Reading the OS clock (rather
+//! than using `Instant` alone, whose origin is private to the process) puts stamps from before
+//! and after a bridge restart on the same host boot on one line; advancing with `Instant` keeps
+//! every reader in the process (guest arrivals, power sources) on exactly the same clock.
+//! Wall-clock time is only a label.
+
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use protocol::{MonoNanos, UnixNanos};
+
+static ANCHOR: OnceLock<(MonoNanos, Instant)> = OnceLock::new();
 
 /// The host monotonic clock now.
 #[must_use]
 pub fn mono_now() -> MonoNanos {
+    let (mono, at) = *ANCHOR.get_or_init(|| (os_monotonic(), Instant::now()));
+    let since = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    MonoNanos(mono.0.saturating_add(since))
+}
+
+fn os_monotonic() -> MonoNanos {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     MonoNanos(timespec_ns(ts.tv_sec(), ts.tv_nsec()))
@@ -26,4 +40,21 @@ fn timespec_ns(sec: i64, nsec: i64) -> u64 {
     let sec = u64::try_from(sec).unwrap_or(0);
     let nsec = u64::try_from(nsec).unwrap_or(0);
     sec.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mono_now_is_monotonic_and_near_the_os_clock() {
+        let a = mono_now();
+        let os = os_monotonic();
+        let b = mono_now();
+        assert!(b >= a);
+        assert!(
+            os.0.abs_diff(b.0) < 1_000_000_000,
+            "anchored clock drifted from the OS clock"
+        );
+    }
 }
