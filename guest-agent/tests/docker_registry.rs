@@ -857,3 +857,93 @@ async fn final_sample_on_died_keeps_the_exited_containers_cpu_total() {
         "no final sample in {ATTEMPTS} attempts: {results:?}"
     );
 }
+
+/// Removes Podman containers when dropped, even after a panic.
+struct PodmanCleanup(Vec<String>);
+
+impl Drop for PodmanCleanup {
+    fn drop(&mut self) {
+        let _status = std::process::Command::new("podman")
+            .args(["rm", "-f"])
+            .args(&self.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Podman's Docker-compatible API, served on a temp socket by `podman system service`: the
+/// same registry works unchanged (Podman filters on its own event names and reports `remove`
+/// for `destroy`; the source asks for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_follows_podman_compat_socket() {
+    ensure_image().await; // also builds the image in Podman, installing Podman when missing
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("podman.sock");
+    let _service = tokio::process::Command::new("podman")
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("podman is installed (scripts/build-test-images.sh installs it)");
+
+    // The source retries until the service has created its socket.
+    let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(socket)));
+    let connected = h
+        .wait_for("Connected to Podman", |e| {
+            matches!(e, RegistryEvent::Connected { .. })
+        })
+        .await;
+    let RegistryEvent::Connected { engine, .. } = connected else {
+        unreachable!("predicate admits only Connected");
+    };
+    assert!(engine.contains("Podman"), "engine {engine:?}");
+
+    let name = unique("podman");
+    let renamed = format!("{name}-renamed");
+    let _cleanup = PodmanCleanup(vec![name.clone(), renamed.clone()]);
+    // Explicit ulimits: Podman otherwise asks for more open files than this sandboxed CI
+    // machine's engine may grant (it lacks CAP_SYS_RESOURCE). Harmless elsewhere.
+    let id = run(
+        "podman",
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            IMAGE,
+            "sleep",
+            "3600",
+        ],
+    )
+    .await;
+    let info = h.upsert_of(&id, "Upsert of a Podman container").await;
+    assert_eq!(info.name, name);
+    assert!(
+        info.image.contains("joulebridge-test/busybox"),
+        "{}",
+        info.image
+    );
+    assert_eq!(info.state, ContainerState::Running);
+    assert!(info.pid.is_some());
+    assert!(info.cgroup_path.contains(&id), "{}", info.cgroup_path);
+    assert!(cpu_accounting_root().join(&info.cgroup_path).is_dir());
+
+    run("podman", &["rename", &name, &renamed]).await;
+    let after = h.upsert_of(&id, "Upsert on a Podman rename").await;
+    assert_eq!(after.name, renamed);
+
+    run("podman", &["kill", &renamed]).await;
+    h.died(&id, "Died on a Podman kill").await;
+    run("podman", &["rm", &renamed]).await;
+    h.removed(&id, "Removed on a Podman rm").await;
+    h.stop().await;
+}

@@ -69,8 +69,10 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(500);
 /// Cap of the exponential back-off between retries.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Event actions that change the registry. Docker names; Podman's compat API uses the same.
-const EVENT_ACTIONS: [&str; 4] = ["start", "die", "destroy", "rename"];
+/// Event actions that change the registry, for the engine-side filter. Docker's names, plus
+/// Podman's internal names for exit and removal: its compat API filters on those (and then
+/// reports `die` and `remove`). Docker ignores names it does not know.
+const EVENT_ACTIONS: [&str; 6] = ["start", "die", "died", "destroy", "remove", "rename"];
 
 /// Capacity of the internal channel from exit watchers to the registry loop.
 /// Overflow policy: watchers `send().await`; at most one notice per watched container exists.
