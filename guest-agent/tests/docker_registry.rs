@@ -420,6 +420,13 @@ async fn registry_follows_list_start_rename_kill_restart_and_remove() {
     assert_running_container(&second_run, &renamed);
     assert_ne!(second_run.pid, first_run.pid);
 
+    // `docker restart`: die and start in one command; again one Died, then a new run.
+    docker(&["restart", "-t", "0", &renamed]).await;
+    h.died(&burner, "Died on restart").await;
+    let third_run = h.upsert_of(&burner, "Upsert after restart").await;
+    assert_running_container(&third_run, &renamed);
+    assert_ne!(third_run.pid, second_run.pid);
+
     // Removal of a running container: Died, then Removed.
     docker(&["rm", "-f", &renamed]).await;
     h.removed(&burner, "Removed on rm -f").await;
@@ -427,7 +434,7 @@ async fn registry_follows_list_start_rename_kill_restart_and_remove() {
     h.removed(&early, "Removed of the listed container").await;
 
     let died_burner = h.count(|e| matches!(e, RegistryEvent::Died { id } if *id == burner));
-    assert_eq!(died_burner, 2, "one Died per run: {:#?}", h.log);
+    assert_eq!(died_burner, 3, "one Died per run: {:#?}", h.log);
     for id in [&burner, &early] {
         let order: Vec<&RegistryEvent> = h
             .log

@@ -1701,6 +1701,19 @@ mod tests {
         );
         assert!(denied.starts_with("permission denied"), "{denied}");
         assert!(denied.contains("`docker`"));
+        let refused = unavailable_reason(
+            &endpoint,
+            &DockerError::Negotiate {
+                endpoint: endpoint.clone(),
+                source: bollard::errors::Error::IOError {
+                    err: io::Error::from(io::ErrorKind::ConnectionRefused),
+                },
+            },
+        );
+        assert!(
+            refused.starts_with("no container engine is listening on unix:///var/run/docker.sock"),
+            "{refused}"
+        );
     }
 
     #[test]
