@@ -1,2 +1,3 @@
 mod cgroup_layouts;
 mod docker_registry;
+mod stream;

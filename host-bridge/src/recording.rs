@@ -11,7 +11,7 @@
 //!
 //! A frame is the protocol's frame (4-byte big-endian length + bincode payload, see
 //! `protocol::codec`). A crash can leave a torn last frame: [`RecordingReader`] reports it as
-//! [`ReadOutcome::Torn`] and [`RecordingWriter::open_append`] truncates it before appending, so
+//! [`ReadRecording::torn_tail`] and [`RecordingWriter::open_append`] truncates it before appending, so
 //! nothing that was acknowledged is ever lost and nothing half-written is ever read.
 
 use std::fs::{File, OpenOptions};

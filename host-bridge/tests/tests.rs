@@ -1,6 +1,35 @@
+//! The host bridge's integration tests, one binary (see the house style).
+
+// Integration tests are top-level `#[test]` functions by design, and their helpers may unwrap:
+// a panic is how a test reports failure.
+#![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
+
+#[cfg(test)]
+mod attribution_props;
+#[cfg(target_os = "linux")]
+mod bad_input;
+mod compare;
+#[cfg(target_os = "linux")]
+mod docker_lifecycle;
+mod gmt;
+mod html_chromium;
+#[cfg(target_os = "linux")]
+mod ingest_real_cgroups;
 mod power_captures;
 mod power_fixtures;
 mod power_hostcpu;
 mod power_rapl;
 mod power_replay;
 mod power_spawn;
+mod prometheus_exposition;
+mod prometheus_restart;
+#[cfg(target_os = "linux")]
+mod real_cgroup;
+mod report_e2e;
+mod report_measure;
+mod report_render;
+mod report_support;
+#[cfg(target_os = "linux")]
+mod restart;
+#[cfg(test)]
+mod sim;

@@ -246,12 +246,27 @@ pub struct Ack {
 }
 
 /// Clock probe (NTP-style).
+///
+/// Only the guest sees t3 (when a Pong arrives), so each Ping carries the t3 of the previous
+/// Pong: with the recorded Pong (t0, t1, t2) the bridge then has the full round trip and can keep
+/// the minimum-RTT offset estimate, whose error is at most RTT/2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ping {
     /// Probe number, echoed in the Pong.
     pub id: u64,
     /// t0: guest monotonic clock when sent.
     pub guest_send: MonoNanos,
+    /// When the Pong of an earlier Ping arrived at the guest (t3), if one did.
+    pub prev_pong: Option<PongReceipt>,
+}
+
+/// When the guest received a [`Pong`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PongReceipt {
+    /// The Pong's id.
+    pub id: u64,
+    /// t3: guest monotonic clock when the Pong arrived.
+    pub guest_recv: MonoNanos,
 }
 
 /// Answer to a [`Ping`].

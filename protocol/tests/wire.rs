@@ -103,8 +103,12 @@ fn all() -> Vec<(&'static str, Message)> {
         (
             "ping",
             Message::Ping(Ping {
-                id: 7,
-                guest_send: MonoNanos(1_000),
+                id: 8,
+                guest_send: MonoNanos(2_000_000_000),
+                prev_pong: Some(PongReceipt {
+                    id: 7,
+                    guest_recv: MonoNanos(1_000_300),
+                }),
             }),
         ),
         (

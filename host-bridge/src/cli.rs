@@ -1,0 +1,106 @@
+//! Command-line flags, as typed by the user. One subcommand per way of running the bridge;
+//! each has its own `…Args` struct, turned into a validated configuration in [`crate::config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands::{
+    AttributionArgs, compare::CompareArgs, completions::CompletionsArgs, export_gmt::ExportGmtArgs,
+    measure::MeasureArgs, report::ReportArgs,
+};
+
+/// joulebridge host bridge: receives guest agent streams, records them and (with a power
+/// source) attributes host energy to containers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "host-bridge", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Accept guest agents, record everything they send, show a live per-container table.
+    Serve(ServeArgs),
+    /// Record a baseline and one command's run, then write its report. Exits with the
+    /// command's exit code.
+    Measure(MeasureArgs),
+    /// Attribute a recording (any idle policy, offline) and write JSON, CSV, JSONL and HTML.
+    Report(ReportArgs),
+    /// Compare two runs of one workload (e.g. Mac vs Linux-native); for CI with
+    /// `--max-share-diff` (exit code 3 when exceeded).
+    Compare(CompareArgs),
+    /// Write Green Metrics Tool metric-provider files of per-container energy.
+    ExportGmt(ExportGmtArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where to accept agents: `tcp://HOST:PORT`, `unix:///path` or (Linux hosts)
+    /// `vsock://CID:PORT` (`vsock://any:PORT` for every CID). Repeatable.
+    #[arg(
+        long = "listen",
+        value_name = "ENDPOINT",
+        default_value = "tcp://127.0.0.1:7777"
+    )]
+    pub listen: Vec<String>,
+
+    /// Recording file; appended to when it exists (a restarted bridge continues it).
+    /// Default: `./joulebridge-<UTC date-time>.jbr`.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+
+    /// Most agents connected at once; more are told "busy" and retry later.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+
+    /// Shared secret agents must present in their Hello.
+    #[arg(long, env = "JOULEBRIDGE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Do not draw the live table (it is also off when stdout is not a terminal).
+    #[arg(long)]
+    pub no_live: bool,
+
+    /// Close a connection whose peer stops in the middle of a frame for this long.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub frame_timeout_ms: u64,
+
+    /// Close a connection that sends nothing at all for this long (agents ping every 10 s).
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub idle_timeout_s: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics. Default `127.0.0.1:9464` (loopback:
+    /// the page names containers and images); when the default port is taken the bridge runs
+    /// on without metrics, when an address given here cannot be bound it stops.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Do not serve Prometheus metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+
+    /// Live attribution settings.
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,312 @@
+//! Live attribution for `serve` and `measure`: the engine fed with every recorded entry, its
+//! ledger published to the Prometheus sink, and a small progress snapshot for `measure`.
+//!
+//! ```text
+//! recorder ─(lossless mpsc)─► engine task ─► watch<MetricsView> ─► /metrics (on scrape)
+//! ```
+//!
+//! On start the engine first replays the recording the bridge just (re)opened, so after a
+//! restart its ledger, and every Prometheus counter, continues from what was recorded.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{Engine, PipelineConfig, WindowReport};
+use crate::recording::{RecordEntry, RecordingReader};
+use crate::report::model::{Policy, Provenance};
+use crate::serve::Bridge;
+use crate::sinks::prometheus::{self, BridgeStats, MetricsEndpoint, MetricsView};
+
+/// Entries queued between the recorder and the engine. Lossless: when full the recorder
+/// waits (and with it the agents' acks), so the ledger never misses an entry.
+const ENGINE_QUEUE: usize = 1024;
+
+/// What `measure` shows while a command runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Host energy of power readings that ended after `since_mono_ns`, µJ.
+    pub host_uj: AtomicU64,
+    /// Only readings ending after this host monotonic instant count (0 = all).
+    pub since_mono_ns: AtomicU64,
+}
+
+/// Handles of the running live attribution.
+#[derive(Debug)]
+pub struct LiveAttribution {
+    /// Latest view (also what `/metrics` renders).
+    pub view: watch::Receiver<Arc<MetricsView>>,
+    /// Progress counters.
+    pub progress: Arc<Progress>,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
+    engine: JoinHandle<()>,
+    server: Option<JoinHandle<()>>,
+    cancel: CancellationToken,
+}
+
+fn source_of(entry: &RecordEntry, kind: &mut String, provenance: &mut Provenance) {
+    if let RecordEntry::PowerSource {
+        kind: k,
+        provenance: p,
+        ..
+    } = entry
+    {
+        kind.clone_from(k);
+        *provenance = (*p).into();
+    }
+}
+
+/// Where to serve `/metrics`, and whether failing to bind there is fatal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsBind {
+    /// The address.
+    pub addr: SocketAddr,
+    /// `true` when the user named the address: a bind failure stops the bridge. `false` for
+    /// the default address: the bridge records on without metrics and says so.
+    pub required: bool,
+}
+
+impl MetricsBind {
+    /// From `serve`'s flags: none with `--no-metrics`, else the given or the default address.
+    #[must_use]
+    pub fn from_flags(addr: Option<SocketAddr>, disabled: bool) -> Option<Self> {
+        (!disabled).then(|| Self {
+            addr: addr.unwrap_or_else(|| {
+                prometheus::DEFAULT_ADDR
+                    .parse()
+                    .expect("the default metrics address parses")
+            }),
+            required: addr.is_some(),
+        })
+    }
+}
+
+/// Attach live attribution to `bridge` (after [`Bridge::bind`], before [`Bridge::run`]):
+/// replay its recording into a fresh engine, subscribe to new entries, and serve `/metrics`
+/// when `metrics` says so.
+///
+/// # Errors
+/// The recording cannot be re-read, the pipeline settings are invalid, or the metrics address
+/// cannot be bound.
+pub async fn attach(
+    bridge: &mut Bridge,
+    recording: &Path,
+    cfg: PipelineConfig,
+    metrics: Option<MetricsBind>,
+) -> anyhow::Result<LiveAttribution> {
+    let mut engine = Engine::new(cfg).context("invalid attribution settings")?;
+    let path = recording.to_path_buf();
+    let existing = tokio::task::spawn_blocking(move || RecordingReader::read_all(&path))
+        .await
+        .context("reading the recording panicked")?
+        .with_context(|| format!("cannot re-read {}", recording.display()))?;
+    let policy = Policy::from(cfg.policy);
+    let (mut kind, mut provenance) = ("none".to_string(), Provenance::Estimated);
+    let mut last: Option<WindowReport> = None;
+    for entry in &existing.entries {
+        source_of(entry, &mut kind, &mut provenance);
+        if let Some(w) = engine.push(entry).pop() {
+            last = Some(w);
+        }
+    }
+    let stats = Arc::new(BridgeStats::default());
+    let view = move |engine: &Engine, last: Option<&WindowReport>, kind: &str, p: Provenance| {
+        Arc::new(MetricsView::from_ledger(
+            engine.ledger(),
+            engine.quality(),
+            last,
+            kind,
+            p,
+            policy,
+        ))
+    };
+    let (tx, rx) = watch::channel(view(&engine, last.as_ref(), &kind, provenance));
+    let (entry_tx, mut entry_rx) = mpsc::channel::<Arc<RecordEntry>>(ENGINE_QUEUE);
+    bridge.add_lossless_observer(entry_tx);
+
+    let cancel = CancellationToken::new();
+    let mut server = None;
+    let mut bound = None;
+    let listener = match metrics {
+        None => None,
+        Some(m) => match prometheus::bind(m.addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) if !m.required => {
+                tracing::warn!(addr = %m.addr, error = %anyhow::Error::new(error), "Default metrics address unavailable; running without /metrics (use --metrics-addr).");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        },
+    };
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().context("metrics listener address")?;
+        bound = Some(addr);
+        let endpoint = Arc::new(MetricsEndpoint::new(rx.clone(), Arc::clone(&stats)));
+        server = Some(tokio::spawn(prometheus::serve(
+            listener,
+            endpoint,
+            cancel.clone(),
+        )));
+        tracing::info!(%addr, "Serving Prometheus metrics at /metrics.");
+    }
+    let progress = Arc::new(Progress::default());
+    let task_progress = Arc::clone(&progress);
+    let engine_task = tokio::spawn(async move {
+        // Ends when the recorder drops its senders (bridge shutdown).
+        while let Some(entry) = entry_rx.recv().await {
+            source_of(&entry, &mut kind, &mut provenance);
+            match entry.as_ref() {
+                RecordEntry::Guest { message, .. } => {
+                    stats.frames_received.fetch_add(1, Ordering::Relaxed);
+                    if matches!(message, protocol::Message::Hello(_)) {
+                        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                RecordEntry::Power(p)
+                    if p.end.0 > task_progress.since_mono_ns.load(Ordering::Relaxed) =>
+                {
+                    task_progress
+                        .host_uj
+                        .fetch_add(p.energy.0, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            let closed = engine.push(&entry);
+            if let Some(w) = closed.into_iter().last() {
+                // Receivers may all be gone (no metrics server): nothing to do then.
+                if tx.send(view(&engine, Some(&w), &kind, provenance)).is_err() {
+                    tracing::debug!("No metrics reader; view not published.");
+                }
+            }
+        }
+    });
+    Ok(LiveAttribution {
+        view: rx,
+        progress,
+        metrics_addr: bound,
+        engine: engine_task,
+        server,
+        cancel,
+    })
+}
+
+impl LiveAttribution {
+    /// Stop serving `/metrics` and wait for the engine to drain (call after the bridge ran).
+    ///
+    /// # Errors
+    /// A task panicked.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        if let Some(server) = self.server {
+            server.await.context("metrics server panicked")?;
+        }
+        self.engine.await.context("attribution task panicked")?;
+        Ok(())
+    }
+}
+
+/// `serve` with live attribution: bind the bridge, attach the engine (and `/metrics` as
+/// `metrics` says), run until `shutdown`, then drain.
+///
+/// # Errors
+/// As [`Bridge::bind`], [`attach`] and [`Bridge::run`].
+pub async fn serve(
+    config: crate::config::Config,
+    metrics: Option<MetricsBind>,
+    cfg: PipelineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut bridge = Bridge::bind(config).await?;
+    let recording = bridge.recording_path();
+    let live = attach(&mut bridge, &recording, cfg, metrics).await?;
+    let ran = bridge.run(shutdown).await;
+    live.stop().await?;
+    ran
+}
+
+/// A `docker stats`-like table of the latest view: power over the last window and energy
+/// since the recording started, per container, then the buckets.
+///
+/// ```text
+/// CONTAINER                    POWER W    ENERGY J
+/// web                            4.832     217.469
+/// db                             2.008      90.381
+/// (idle)                         2.450     101.600
+/// ```
+#[must_use]
+pub fn energy_table(view: &MetricsView) -> String {
+    let mut rows: Vec<(String, Option<f64>, u64)> = view
+        .containers
+        .iter()
+        .map(|c| {
+            let l = &c.labels;
+            let name = if !l.compose_service.is_empty() {
+                l.compose_service.clone()
+            } else if !l.container_name.is_empty() {
+                l.container_name.clone()
+            } else {
+                l.container_id.chars().take(12).collect()
+            };
+            (name, c.power_w, c.energy_uj)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    for (bucket, uj) in &view.buckets {
+        rows.push((format!("({})", bucket.as_str()), None, *uj));
+    }
+    let mut out = format!("{:<28} {:>10} {:>11}\n", "CONTAINER", "POWER W", "ENERGY J");
+    for (name, watts, uj) in rows {
+        let watts = watts.map_or_else(|| "-".to_string(), |w| format!("{w:.3}"));
+        out.push_str(&format!(
+            "{:<28} {:>10} {:>11.3}\n",
+            name.chars().take(28).collect::<String>(),
+            watts,
+            protocol::MicroJoules(uj).as_joules_f64()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::model::Bucket;
+    use crate::sinks::prometheus::{ContainerLabels, ContainerMetrics};
+
+    #[test]
+    fn energy_table_lists_containers_by_energy_then_buckets() {
+        let mut view = MetricsView::empty("rapl", Provenance::Measured, Policy::Exclude);
+        for (service, uj, w) in [("db", 90_381_000, 2.008), ("web", 217_469_206, 4.832)] {
+            view.containers.push(ContainerMetrics {
+                labels: ContainerLabels {
+                    compose_service: service.into(),
+                    ..ContainerLabels::default()
+                },
+                energy_uj: uj,
+                cpu_us: 0,
+                power_w: Some(w),
+            });
+        }
+        view.buckets.push((Bucket::Idle, 101_600_000));
+        let table = energy_table(&view);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[1].starts_with("web") && lines[1].contains("4.832"),
+            "{table}"
+        );
+        assert!(lines[1].ends_with("217.469"), "{table}");
+        assert!(lines[2].starts_with("db"), "{table}");
+        assert!(
+            lines[3].starts_with("(idle)") && lines[3].contains(" - "),
+            "{table}"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Validated configuration of `serve`: the only place defaults and flags meet. Every error
+//! names the flag, the value and what would have been accepted.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::cli::ServeArgs;
+
+/// Default connection cap.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Default stall limit inside a frame.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// `VMADDR_CID_ANY` (`linux/vm_sockets.h`): accept vsock connections for every local CID.
+pub const VSOCK_CID_ANY: u32 = u32::MAX;
+
+/// Where the bridge accepts agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenEndpoint {
+    /// TCP on a host name or address (resolved when binding).
+    Tcp {
+        /// Host name or address literal.
+        host: String,
+        /// Port (0 = any free port).
+        port: u16,
+    },
+    /// A Unix domain socket path (a stale socket file is replaced).
+    Unix(PathBuf),
+    /// AF_VSOCK (Linux hosts only).
+    Vsock {
+        /// Local CID to bind ([`VSOCK_CID_ANY`] for all).
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
+}
+
+impl FromStr for ListenEndpoint {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| ConfigError::Listen {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| err("missing scheme"))?;
+        match scheme {
+            "tcp" => {
+                let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() {
+                    return Err(err("missing host"));
+                }
+                let port = port
+                    .parse()
+                    .map_err(|_| err("the port is not a number in 0..=65535"))?;
+                Ok(Self::Tcp {
+                    host: host.to_string(),
+                    port,
+                })
+            }
+            "unix" => {
+                if !rest.starts_with('/') {
+                    return Err(err("the socket path must be absolute (unix:///path)"));
+                }
+                Ok(Self::Unix(PathBuf::from(rest)))
+            }
+            "vsock" => {
+                let (cid, port) = rest.split_once(':').ok_or_else(|| err("missing :PORT"))?;
+                let cid = if cid.eq_ignore_ascii_case("any") {
+                    VSOCK_CID_ANY
+                } else {
+                    cid.parse()
+                        .map_err(|_| err("the CID is not a 32-bit unsigned number or `any`"))?
+                };
+                let port = port
+                    .parse()
+                    .map_err(|_| err("the port is not a 32-bit unsigned number"))?;
+                Ok(Self::Vsock { cid, port })
+            }
+            _ => Err(err("unknown scheme")),
+        }
+    }
+}
+
+impl fmt::Display for ListenEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+            Self::Vsock { cid, port } if *cid == VSOCK_CID_ANY => write!(f, "vsock://any:{port}"),
+            Self::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening endpoints.
+    pub listen: Vec<ListenEndpoint>,
+    /// Recording file.
+    pub record: PathBuf,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Required agent token, if any.
+    pub auth_token: Option<String>,
+    /// Draw the live table (when stdout is a terminal).
+    pub live: bool,
+    /// Stall limit inside a frame.
+    pub frame_timeout: Duration,
+    /// Silence limit between frames.
+    pub idle_timeout: Duration,
+}
+
+/// A flag value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--listen` did not parse.
+    #[error(
+        "invalid --listen {input:?}: {reason}; expected tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT"
+    )]
+    Listen {
+        /// The string given.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `vsock://` on a host that has no AF_VSOCK.
+    #[error("invalid --listen {input:?}: vsock listeners need a Linux host; use tcp:// or unix://")]
+    VsockUnsupported {
+        /// The endpoint.
+        input: String,
+    },
+    /// A number out of range.
+    #[error("invalid {flag} {value}: {expected}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        value: u64,
+        /// What is accepted.
+        expected: &'static str,
+    },
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
+        let listen = args
+            .listen
+            .iter()
+            .map(|s| s.parse::<ListenEndpoint>())
+            .collect::<Result<Vec<_>, _>>()?;
+        if !cfg!(target_os = "linux")
+            && let Some(v) = listen
+                .iter()
+                .find(|e| matches!(e, ListenEndpoint::Vsock { .. }))
+        {
+            return Err(ConfigError::VsockUnsupported {
+                input: v.to_string(),
+            });
+        }
+        if args.max_connections == 0 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-connections",
+                value: 0,
+                expected: "at least 1",
+            });
+        }
+        if args.frame_timeout_ms == 0 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--frame-timeout-ms",
+                value: 0,
+                expected: "at least 1 ms",
+            });
+        }
+        if args.idle_timeout_s == 0 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--idle-timeout-s",
+                value: 0,
+                expected: "at least 1 s",
+            });
+        }
+        let record = args
+            .record
+            .unwrap_or_else(|| default_recording_path(crate::clock::unix_now().0 / 1_000_000_000));
+        Ok(Self {
+            listen,
+            record,
+            max_connections: args.max_connections,
+            auth_token: args.auth_token,
+            live: !args.no_live,
+            frame_timeout: Duration::from_millis(args.frame_timeout_ms),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        })
+    }
+}
+
+/// `./joulebridge-YYYYMMDD-HHMMSS.jbr` (UTC) for a Unix time in seconds.
+#[must_use]
+pub fn default_recording_path(unix_secs: u64) -> PathBuf {
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    PathBuf::from(format!(
+        "joulebridge-{y:04}{m:02}{d:02}-{:02}{:02}{:02}.jbr",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    ))
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant, `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_tcp_parses_host_and_port() {
+        let e: ListenEndpoint = "tcp://127.0.0.1:7777".parse().unwrap();
+        assert_eq!(
+            e,
+            ListenEndpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 7777
+            }
+        );
+        assert_eq!(e.to_string(), "tcp://127.0.0.1:7777");
+    }
+
+    #[test]
+    fn listen_unix_needs_absolute_path() {
+        let e: ListenEndpoint = "unix:///tmp/jb.sock".parse().unwrap();
+        assert_eq!(e, ListenEndpoint::Unix(PathBuf::from("/tmp/jb.sock")));
+        assert!("unix://jb.sock".parse::<ListenEndpoint>().is_err());
+    }
+
+    #[test]
+    fn listen_vsock_accepts_any_cid() {
+        let e: ListenEndpoint = "vsock://any:7777".parse().unwrap();
+        assert_eq!(
+            e,
+            ListenEndpoint::Vsock {
+                cid: VSOCK_CID_ANY,
+                port: 7777
+            }
+        );
+        assert_eq!(e.to_string(), "vsock://any:7777");
+        let e: ListenEndpoint = "vsock://2:1".parse().unwrap();
+        assert_eq!(e, ListenEndpoint::Vsock { cid: 2, port: 1 });
+    }
+
+    #[test]
+    fn listen_error_names_input_and_forms() {
+        let err = "udp://x:1"
+            .parse::<ListenEndpoint>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("udp://x:1") && err.contains("unix:///PATH"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn default_recording_path_is_utc_stamped() {
+        // 2026-11-28 11:42:35 UTC
+        let p = default_recording_path(1_795_866_155);
+        assert_eq!(p, PathBuf::from("joulebridge-20261128-114235.jbr"));
+        assert_eq!(
+            default_recording_path(0),
+            PathBuf::from("joulebridge-19700101-000000.jbr")
+        );
+    }
+}
