@@ -363,7 +363,7 @@ pub fn unavailable_reason(endpoint: &DockerEndpoint, err: &DockerError) -> Strin
     const CONSEQUENCE: &str =
         "container names and compose services are unavailable; streaming cgroup-only data";
     let hint = "mount the engine socket into the agent \
-                (-v /var/run/docker.sock:/var/run/docker.sock) or point --docker-socket / \
+                (-v /var/run/docker.sock:/var/run/docker.sock) or point --docker-host / \
                 DOCKER_HOST at it";
     match err {
         DockerError::SocketMissing { path } => format!(
