@@ -72,6 +72,23 @@ impl Drop for Cleanup {
     }
 }
 
+/// Removes a test's parent cgroup from every hierarchy (the engine leaves parents behind).
+struct ParentCgroup(String);
+
+impl Drop for ParentCgroup {
+    fn drop(&mut self) {
+        let roots = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for root in roots {
+            let dir = root.join(&self.0);
+            if dir.is_dir() {
+                let _gone = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+}
+
 fn compose_file() -> PathBuf {
     workspace_root().join("guest-agent/tests/fixtures/compose/docker-compose.yml")
 }
@@ -227,6 +244,11 @@ async fn containers_and_compose_services_reach_the_recording_with_their_cpu_time
         compose: None,
     };
 
+    // A fresh parent cgroup keeps the burner's total after the engine removes its cgroup:
+    // the ground truth for "an exited container keeps its final total" (cgroupfs driver).
+    let parent = format!("jbe{}", tag.replace('-', ""));
+    let _parent_guard = ParentCgroup(parent.clone());
+    let parent_arg = format!("/{parent}");
     let burner_id = run(
         "docker",
         &[
@@ -238,6 +260,8 @@ async fn containers_and_compose_services_reach_the_recording_with_their_cpu_time
             "none",
             "--cpus",
             "0.5",
+            "--cgroup-parent",
+            &parent_arg,
             IMAGE,
             "sh",
             "-c",
@@ -339,6 +363,17 @@ async fn containers_and_compose_services_reach_the_recording_with_their_cpu_time
     assert!(
         final_us >= recorded_us,
         "the exited burner keeps at least its paused total ({final_us} < {recorded_us})"
+    );
+    let truth_us = cgroup_usage_us(&parent);
+    #[allow(clippy::cast_precision_loss)]
+    let final_error = (truth_us as f64 - final_us as f64).abs() / truth_us as f64;
+    eprintln!(
+        "docker e2e: exited burner recorded {final_us} µs, parent cgroup {truth_us} µs ({:.3} % apart)",
+        final_error * 100.0
+    );
+    assert!(
+        final_error <= 0.02,
+        "exited burner: recorded {final_us} µs vs its parent cgroup's {truth_us} µs"
     );
 
     compose(&["-p", &project, "-f", file, "down", "-t", "0"]).await;
