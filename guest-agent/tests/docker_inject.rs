@@ -171,7 +171,7 @@ async fn inject_script_runs_the_agent_image_and_its_stream_reaches_the_host() {
         gateway,
         "the connection comes from the container"
     );
-    let mut frames = Framed::new(stream, MessageCodec::default());
+    let mut frames = Framed::new(stream, MessageCodec);
 
     let mut hello = None;
     let mut named = false;
