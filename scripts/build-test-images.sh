@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the container images the Docker tests use, without any image registry.
 #
-#   joulebridge-test/busybox:latest   FROM scratch + Debian's statically linked busybox.
+#   joulebridge-test/busybox:latest   FROM scratch + Debian's statically linked busybox,
+#                                     in the Docker engine and (for the Podman test) in Podman.
 #
 # Used as a CPU burner:   docker run joulebridge-test/busybox sh -c 'while :; do :; done'
 # and as an idle process: docker run joulebridge-test/busybox sleep 3600
 #
-# Installs busybox-static with apt-get when it is missing (Debian/Ubuntu CI hosts).
+# Installs busybox-static and podman with apt-get when missing (Debian/Ubuntu CI hosts).
 # Usage: scripts/build-test-images.sh [--force]
 set -euo pipefail
 
@@ -16,7 +17,7 @@ force=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "build-test-images.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -26,17 +27,13 @@ if ! command -v docker >/dev/null 2>&1; then
     exit 1
 fi
 
-if [[ $force -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    echo "build-test-images.sh: $IMAGE already present (use --force to rebuild)"
-    exit 0
-fi
-
 is_static() { file -L "$1" 2>/dev/null | grep -q 'statically linked'; }
 
-if [[ ! -x $BUSYBOX ]] || ! is_static "$BUSYBOX"; then
-    if command -v apt-get >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends busybox-static file >/dev/null
-    fi
+missing=()
+if [[ ! -x $BUSYBOX ]] || ! is_static "$BUSYBOX"; then missing+=(busybox-static file); fi
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+if [[ ${#missing[@]} -gt 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if [[ ! -x $BUSYBOX ]] || ! is_static "$BUSYBOX"; then
     echo "build-test-images.sh: need a statically linked $BUSYBOX (Debian package busybox-static)" >&2
@@ -54,9 +51,25 @@ COPY busybox /bin/busybox
 ENTRYPOINT ["/bin/busybox"]
 CMD ["sleep", "3600"]
 DOCKERFILE
-if ! docker build --tag "$IMAGE" "$ctx" >"$log" 2>&1; then
-    cat "$log" >&2
-    echo "build-test-images.sh: docker build failed" >&2
-    exit 1
+
+# Builds the image with one engine's CLI ($1: docker or podman) unless it is there already.
+build_with() {
+    local cli="$1"
+    if [[ $force -eq 0 ]] && "$cli" image inspect "$IMAGE" >/dev/null 2>&1; then
+        echo "build-test-images.sh: $IMAGE already present in $cli (use --force to rebuild)"
+        return 0
+    fi
+    if ! "$cli" build --tag "$IMAGE" "$ctx" >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "build-test-images.sh: $cli build failed" >&2
+        exit 1
+    fi
+    echo "build-test-images.sh: built $IMAGE with $cli"
+}
+
+build_with docker
+if command -v podman >/dev/null 2>&1; then
+    build_with podman
+else
+    echo "build-test-images.sh: podman not installed; the Podman test will fail" >&2
 fi
-echo "build-test-images.sh: built $IMAGE"

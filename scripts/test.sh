@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 scripts/vm/setup-rig.sh
 scripts/build-test-images.sh
+scripts/build-agent-image.sh
 
 # Debug and release: overflow checks differ, and the VM end-to-end test uses the release agent.
 cargo test --workspace --locked

@@ -8,7 +8,9 @@
 //! Measured:
 //! - `per_sample_100/cgroup_only` and `per_sample_100/with_docker_metadata`: CPU time of this
 //!   whole process (`CLOCK_PROCESS_CPUTIME_ID`, all threads, so the registry's own work in the
-//!   background counts) per sample of 100 containers' cgroup counters.
+//!   background counts) per agent sample: `/proc/stat` plus the agent's `CgroupSampler` over
+//!   the 100 containers, tracked at the cgroup paths the registry reported. The registry is
+//!   stopped for the first and running (connected, following events) for the second.
 //! - `engine_stats_100/stream_false`: wall time of one round of `GET /containers/<id>/stats?
 //!   stream=false` for the 100 containers, concurrently (what the CLI does).
 //! - A summary on stderr: CPU per sample with and without metadata and their ratio, and one
@@ -19,6 +21,7 @@
 //! image from `scripts/build-test-images.sh`). `JB_BENCH_CONTAINERS` changes the count.
 
 use std::collections::HashMap;
+use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +31,10 @@ use bollard::query_parameters::StatsOptionsBuilder;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput};
 use futures::StreamExt;
+use guest_agent::sources::cgroup::{CgroupMounts, CgroupSampler};
 use guest_agent::sources::docker::{DockerConfig, RegistryEvent, run_registry};
+use guest_agent::sources::procfs::ProcStatReader;
+use protocol::ContainerCounters;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,9 +53,10 @@ const ENGINE_PROCESSES: [&str; 3] = ["dockerd", "containerd", "containerd-shim"]
 
 /// CPU time of this process, all threads, in nanoseconds.
 fn process_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .expect("CLOCK_PROCESS_CPUTIME_ID is always available on Linux");
+    let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
     secs * 1_000_000_000 + nanos
 }
 
@@ -121,42 +128,37 @@ impl ValueFormatter for CpuFormatter {
     }
 }
 
-/// The v1 `cpuacct` mount, or the cgroup2 mount on a pure v2 host.
-fn cpu_accounting_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo readable");
-    let mut v2 = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = left.split_whitespace().nth(4);
-        let mut right = right.split_whitespace();
-        let fstype = right.next();
-        let super_opts = right.nth(1).unwrap_or_default();
-        match (fstype, mount_point) {
-            (Some("cgroup"), Some(mp)) if super_opts.split(',').any(|o| o == "cpuacct") => {
-                return PathBuf::from(mp);
-            }
-            (Some("cgroup2"), Some(mp)) => v2 = Some(PathBuf::from(mp)),
-            _ => {}
-        }
-    }
-    v2.expect("a cgroup filesystem is mounted")
+/// The agent's per-tick work: `/proc/stat` and every tracked container's counters.
+struct AgentSampler {
+    cgroups: CgroupSampler,
+    proc_stat: ProcStatReader,
+    out: Vec<ContainerCounters>,
 }
 
-/// One agent sample of the given container cgroups: the VM's `/proc/stat` and each
-/// container's CPU counters (v1 `cpuacct.usage` + `cpuacct.stat`, or v2 `cpu.stat`).
-fn sample(cgroups: &[PathBuf], v1: bool) -> usize {
-    let mut bytes = std::fs::read_to_string("/proc/stat").map_or(0, |s| s.len());
-    for dir in cgroups {
-        if v1 {
-            bytes += std::fs::read_to_string(dir.join("cpuacct.usage")).map_or(0, |s| s.len());
-            bytes += std::fs::read_to_string(dir.join("cpuacct.stat")).map_or(0, |s| s.len());
-        } else {
-            bytes += std::fs::read_to_string(dir.join("cpu.stat")).map_or(0, |s| s.len());
+impl AgentSampler {
+    /// Tracks exactly the given containers, at the cgroup paths the registry reported.
+    fn new(paths: &HashMap<String, String>) -> Self {
+        let mounts = CgroupMounts::discover(Path::new("/")).expect("cgroup mounts");
+        let mut cgroups = CgroupSampler::new(mounts);
+        for (id, path) in paths {
+            cgroups
+                .track(id.clone(), path)
+                .expect("the registry's cgroup path is trackable");
+        }
+        Self {
+            cgroups,
+            proc_stat: ProcStatReader::open(Path::new("/proc")).expect("/proc/stat"),
+            out: Vec::new(),
         }
     }
-    bytes
+
+    fn sample(&mut self) -> usize {
+        let vm = self.proc_stat.read().expect("/proc/stat readable");
+        let report = self.cgroups.sample(&mut self.out);
+        black_box(vm);
+        black_box(&report);
+        self.out.len()
+    }
 }
 
 /// utime + stime of the engine's processes, in nanoseconds.
@@ -304,9 +306,9 @@ fn cpu_per_call(n: u32, mut f: impl FnMut() -> usize) -> f64 {
     let start = process_cpu_ns();
     let mut sink = 0usize;
     for _ in 0..n {
-        sink = sink.wrapping_add(std::hint::black_box(f()));
+        sink = sink.wrapping_add(black_box(f()));
     }
-    std::hint::black_box(sink);
+    black_box(sink);
     #[allow(clippy::cast_precision_loss)]
     let per = (process_cpu_ns().saturating_sub(start)) as f64 / f64::from(n);
     per
@@ -343,20 +345,12 @@ fn main() -> ExitCode {
     };
     eprintln!("docker_overhead: starting {count} idle containers…");
     let ids = rt.block_on(start_containers(&label, count));
-    let root = cpu_accounting_root();
-    let v1 = root.join("cpuacct.usage").exists();
 
     // Cgroup paths come from the registry, as in the agent.
     let registry = rt.block_on(start_registry(&ids));
-    let cgroups: Vec<PathBuf> = ids
-        .iter()
-        .map(|id| root.join(&registry.paths[id]))
-        .collect();
-    assert!(
-        cgroups.iter().all(|c| c.is_dir()),
-        "every container cgroup exists"
-    );
+    let mut sampler = AgentSampler::new(&registry.paths);
     rt.block_on(registry.stop());
+    assert_eq!(sampler.sample(), ids.len(), "every container is sampled");
 
     let mut cpu = Criterion::default()
         .with_measurement(ProcessCpu)
@@ -364,10 +358,10 @@ fn main() -> ExitCode {
     {
         let mut group = cpu.benchmark_group(format!("per_sample_{count}"));
         group.throughput(Throughput::Elements(u64::try_from(count).unwrap_or(0)));
-        group.bench_function("cgroup_only", |b| b.iter(|| sample(&cgroups, v1)));
+        group.bench_function("cgroup_only", |b| b.iter(|| sampler.sample()));
         let registry = rt.block_on(start_registry(&ids));
         group.bench_function("with_docker_metadata", |b| {
-            b.iter(|| sample(&cgroups, v1));
+            b.iter(|| sampler.sample());
         });
         rt.block_on(registry.stop());
         group.finish();
@@ -391,11 +385,11 @@ fn main() -> ExitCode {
     }
 
     // Summary in one run: off, on, off again (drift check), then the engine.
-    let off_a = cpu_per_call(SUMMARY_SAMPLES, || sample(&cgroups, v1));
+    let off_a = cpu_per_call(SUMMARY_SAMPLES, || sampler.sample());
     let registry = rt.block_on(start_registry(&ids));
-    let on = cpu_per_call(SUMMARY_SAMPLES, || sample(&cgroups, v1));
+    let on = cpu_per_call(SUMMARY_SAMPLES, || sampler.sample());
     rt.block_on(registry.stop());
-    let off_b = cpu_per_call(SUMMARY_SAMPLES, || sample(&cgroups, v1));
+    let off_b = cpu_per_call(SUMMARY_SAMPLES, || sampler.sample());
     let off = f64::midpoint(off_a, off_b);
     let ratio = on / off;
 
@@ -416,8 +410,8 @@ fn main() -> ExitCode {
     let stats_cost = engine_per_round + own_per_round;
 
     eprintln!(
-        "docker_overhead summary ({count} containers, cgroup {}):",
-        if v1 { "v1" } else { "v2" }
+        "docker_overhead summary ({count} containers, cgroup mode {:?}, the agent's CgroupSampler):",
+        sampler.cgroups.mode()
     );
     eprintln!(
         "  agent CPU per sample, cgroup-only:     {:>10.1} µs  (runs: {:.1} / {:.1})",

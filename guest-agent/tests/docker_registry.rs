@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use guest_agent::sources::cgroup::{CgroupMounts, CgroupSampler};
 use guest_agent::sources::docker::{DockerConfig, DockerEndpoint, RegistryEvent, run_registry};
 use protocol::{ContainerInfo, ContainerState};
 use tokio::sync::mpsc;
@@ -43,13 +44,20 @@ fn unique(topic: &str) -> String {
     )
 }
 
-/// Runs a command, returns trimmed stdout, panics with stderr on failure.
+/// Longest a single `docker` command may take (a busy shared engine can be slow).
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs a command, returns trimmed stdout, panics with stderr on failure or after
+/// [`COMMAND_DEADLINE`].
 async fn run(program: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(program)
+    let child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(COMMAND_DEADLINE, child)
         .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} still running after {COMMAND_DEADLINE:?}"))
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     assert!(
         out.status.success(),
@@ -412,6 +420,13 @@ async fn registry_follows_list_start_rename_kill_restart_and_remove() {
     assert_running_container(&second_run, &renamed);
     assert_ne!(second_run.pid, first_run.pid);
 
+    // `docker restart`: die and start in one command; again one Died, then a new run.
+    docker(&["restart", "-t", "0", &renamed]).await;
+    h.died(&burner, "Died on restart").await;
+    let third_run = h.upsert_of(&burner, "Upsert after restart").await;
+    assert_running_container(&third_run, &renamed);
+    assert_ne!(third_run.pid, second_run.pid);
+
     // Removal of a running container: Died, then Removed.
     docker(&["rm", "-f", &renamed]).await;
     h.removed(&burner, "Removed on rm -f").await;
@@ -419,7 +434,7 @@ async fn registry_follows_list_start_rename_kill_restart_and_remove() {
     h.removed(&early, "Removed of the listed container").await;
 
     let died_burner = h.count(|e| matches!(e, RegistryEvent::Died { id } if *id == burner));
-    assert_eq!(died_burner, 2, "one Died per run: {:#?}", h.log);
+    assert_eq!(died_burner, 3, "one Died per run: {:#?}", h.log);
     for id in [&burner, &early] {
         let order: Vec<&RegistryEvent> = h
             .log
@@ -677,4 +692,265 @@ async fn denied_reason(socket: &Path) -> String {
         RegistryEvent::Unavailable { reason } => reason,
         other => unreachable!("predicate admits only Unavailable, got {other:?}"),
     }
+}
+
+/// Total CPU of a cgroup in µs, the way the agent's sampler prefers it: cgroup v2 `cpu.stat`
+/// `usage_usec` when the cgroup exists in a cgroup2 hierarchy, else v1 `cpuacct.usage` (ns).
+fn cgroup_usage_usec(mounts: &CgroupMounts, rel: &str) -> Option<u64> {
+    if let Some(v2) = &mounts.v2 {
+        let stat = std::fs::read_to_string(v2.join(rel).join("cpu.stat")).ok();
+        if let Some(stat) = stat {
+            return stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok());
+        }
+    }
+    let cpuacct = mounts.v1.cpuacct.as_ref()?;
+    let ns: u64 = std::fs::read_to_string(cpuacct.join(rel).join("cpuacct.usage"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ns / 1_000)
+}
+
+/// Removes a test's parent cgroup from every hierarchy (the engine leaves parents behind).
+struct ParentCgroup {
+    rel: String,
+}
+
+impl Drop for ParentCgroup {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path().join(&self.rel);
+            if dir.is_dir() {
+                let _gone = std::fs::remove_dir(&dir);
+            }
+        }
+        let dir = Path::new("/sys/fs/cgroup").join(&self.rel);
+        if dir.is_dir() {
+            let _gone = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// The point of `Died` coming from the pidfd: a stand-in for the pipeline (the agent's own
+/// `CgroupSampler`, tracking on `Upsert`, `sample_one` on `Died`) keeps a container's final CPU
+/// total although the engine removes the cgroup before it logs `die`. The ground truth is a
+/// fresh parent cgroup (`--cgroup-parent`), whose hierarchical counter keeps the child's
+/// total after the child is gone. Within 2 %.
+///
+/// The exit-to-removal window is short (about 8 ms here), so one attempt may lose the race on
+/// a loaded machine; up to five containers are tried and one final sample must match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_sample_on_died_keeps_the_exited_containers_cpu_total() {
+    const ATTEMPTS: usize = 5;
+    ensure_image().await;
+    let systemd = docker(&["info", "--format", "{{.CgroupDriver}}"]).await == "systemd";
+    let mounts = CgroupMounts::discover(Path::new("/")).expect("cgroup mounts");
+
+    let (tx, mut rx) = mpsc::channel(256);
+    let cancel = CancellationToken::new();
+    let registry = tokio::spawn(run_registry(
+        DockerConfig::default(),
+        PathBuf::from("/proc"),
+        tx,
+        cancel.clone(),
+    ));
+    // The stand-in pipeline: reports tracked ids and final samples back to the test.
+    let (tracked_tx, mut tracked_rx) = mpsc::channel::<String>(256);
+    let (final_tx, mut final_rx) = mpsc::channel::<(String, Option<u64>)>(256);
+    let sampler_mounts = mounts.clone();
+    tokio::spawn(async move {
+        let mut sampler = CgroupSampler::new(sampler_mounts);
+        while let Some(event) = rx.recv().await {
+            match event {
+                RegistryEvent::Upsert(info) => {
+                    let tracked = sampler.track(info.id.clone(), &info.cgroup_path).is_ok();
+                    if tracked && tracked_tx.send(info.id).await.is_err() {
+                        break;
+                    }
+                }
+                RegistryEvent::Died { id } => {
+                    let usage = sampler.sample_one(&id).map(|c| c.cpu.usage.0);
+                    if final_tx.send((id, usage)).await.is_err() {
+                        break;
+                    }
+                }
+                RegistryEvent::Removed { id } => sampler.untrack(&id),
+                _ => {}
+            }
+        }
+    });
+
+    let mut results = Vec::new();
+    for attempt in 0..ATTEMPTS {
+        let name = unique("final");
+        let parent_name = name.replace('-', "");
+        let (parent_arg, parent_rel) = if systemd {
+            (
+                format!("{parent_name}.slice"),
+                format!("{parent_name}.slice"),
+            )
+        } else {
+            (format!("/{parent_name}"), parent_name.clone())
+        };
+        let mut cleanup = Cleanup::default();
+        cleanup.containers.push(name.clone());
+        let _parent = ParentCgroup {
+            rel: parent_rel.clone(),
+        };
+        let id = docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--cpus",
+            "0.5",
+            "--cgroup-parent",
+            &parent_arg,
+            IMAGE,
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .await;
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, tracked_rx.recv()).await {
+                Ok(Some(tracked)) if tracked == id => break,
+                Ok(Some(_)) => {}
+                _ => panic!("container {id} never tracked"),
+            }
+        }
+        // Burn some CPU (the limit keeps the machine usable), then stop it abruptly.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        docker(&["kill", &name]).await;
+        let final_usage = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, final_rx.recv()).await {
+                Ok(Some((died, usage))) if died == id => break usage,
+                Ok(Some(_)) => {}
+                _ => panic!("no Died for {id}"),
+            }
+        };
+        docker(&["rm", "-f", &name]).await;
+        let truth = cgroup_usage_usec(&mounts, &parent_rel).expect("parent cgroup readable");
+        eprintln!("attempt {attempt}: final sample {final_usage:?} µs, parent total {truth} µs");
+        results.push((final_usage, truth));
+        if let Some(usage) = final_usage {
+            #[allow(clippy::cast_precision_loss)]
+            let error = (usage as f64 - truth as f64).abs() / truth as f64;
+            assert!(truth > 100_000, "the burner ran ({truth} µs)");
+            assert!(
+                error <= 0.02,
+                "final sample {usage} µs vs parent total {truth} µs: {:.2} % apart",
+                error * 100.0
+            );
+            break;
+        }
+    }
+    cancel.cancel();
+    let _stopped = registry.await;
+    assert!(
+        results.iter().any(|(usage, _)| usage.is_some()),
+        "no final sample in {ATTEMPTS} attempts: {results:?}"
+    );
+}
+
+/// Removes Podman containers when dropped, even after a panic.
+struct PodmanCleanup(Vec<String>);
+
+impl Drop for PodmanCleanup {
+    fn drop(&mut self) {
+        let _status = std::process::Command::new("podman")
+            .args(["rm", "-f"])
+            .args(&self.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Podman's Docker-compatible API, served on a temp socket by `podman system service`: the
+/// same registry works unchanged (Podman filters on its own event names and reports `remove`
+/// for `destroy`; the source asks for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_follows_podman_compat_socket() {
+    ensure_image().await; // also builds the image in Podman, installing Podman when missing
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("podman.sock");
+    let _service = tokio::process::Command::new("podman")
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("podman is installed (scripts/build-test-images.sh installs it)");
+
+    // The source retries until the service has created its socket.
+    let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(socket)));
+    let connected = h
+        .wait_for("Connected to Podman", |e| {
+            matches!(e, RegistryEvent::Connected { .. })
+        })
+        .await;
+    let RegistryEvent::Connected { engine, .. } = connected else {
+        unreachable!("predicate admits only Connected");
+    };
+    assert!(engine.contains("Podman"), "engine {engine:?}");
+
+    let name = unique("podman");
+    let renamed = format!("{name}-renamed");
+    let _cleanup = PodmanCleanup(vec![name.clone(), renamed.clone()]);
+    // Explicit ulimits: Podman otherwise asks for more open files than this sandboxed CI
+    // machine's engine may grant (it lacks CAP_SYS_RESOURCE). Harmless elsewhere.
+    let id = run(
+        "podman",
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            IMAGE,
+            "sleep",
+            "3600",
+        ],
+    )
+    .await;
+    let info = h.upsert_of(&id, "Upsert of a Podman container").await;
+    assert_eq!(info.name, name);
+    assert!(
+        info.image.contains("joulebridge-test/busybox"),
+        "{}",
+        info.image
+    );
+    assert_eq!(info.state, ContainerState::Running);
+    assert!(info.pid.is_some());
+    assert!(info.cgroup_path.contains(&id), "{}", info.cgroup_path);
+    assert!(cpu_accounting_root().join(&info.cgroup_path).is_dir());
+
+    run("podman", &["rename", &name, &renamed]).await;
+    let after = h.upsert_of(&id, "Upsert on a Podman rename").await;
+    assert_eq!(after.name, renamed);
+
+    run("podman", &["kill", &renamed]).await;
+    h.died(&id, "Died on a Podman kill").await;
+    run("podman", &["rm", &renamed]).await;
+    h.removed(&id, "Removed on a Podman rm").await;
+    h.stop().await;
 }

@@ -1,3 +1,4 @@
 mod cgroup_layouts;
+mod docker_inject;
 mod docker_registry;
 mod stream;

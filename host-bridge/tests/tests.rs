@@ -10,6 +10,8 @@ mod attribution_props;
 mod bad_input;
 mod compare;
 #[cfg(target_os = "linux")]
+mod docker_e2e;
+#[cfg(target_os = "linux")]
 mod docker_lifecycle;
 mod gmt;
 mod html_chromium;

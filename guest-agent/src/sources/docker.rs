@@ -69,8 +69,10 @@ pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_millis(500);
 /// Cap of the exponential back-off between retries.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Event actions that change the registry. Docker names; Podman's compat API uses the same.
-const EVENT_ACTIONS: [&str; 4] = ["start", "die", "destroy", "rename"];
+/// Event actions that change the registry, for the engine-side filter. Docker's names, plus
+/// Podman's internal names for exit and removal: its compat API filters on those (and then
+/// reports `die` and `remove`). Docker ignores names it does not know.
+const EVENT_ACTIONS: [&str; 6] = ["start", "die", "died", "destroy", "remove", "rename"];
 
 /// Capacity of the internal channel from exit watchers to the registry loop.
 /// Overflow policy: watchers `send().await`; at most one notice per watched container exists.
@@ -361,7 +363,7 @@ pub fn unavailable_reason(endpoint: &DockerEndpoint, err: &DockerError) -> Strin
     const CONSEQUENCE: &str =
         "container names and compose services are unavailable; streaming cgroup-only data";
     let hint = "mount the engine socket into the agent \
-                (-v /var/run/docker.sock:/var/run/docker.sock) or point --docker-socket / \
+                (-v /var/run/docker.sock:/var/run/docker.sock) or point --docker-host / \
                 DOCKER_HOST at it";
     match err {
         DockerError::SocketMissing { path } => format!(
@@ -587,6 +589,8 @@ impl Registry {
         let mut events = docker.events(Some(options));
         loop {
             let handled = tokio::select! {
+                // Exits first: a final sample must not wait behind a burst of events.
+                biased;
                 notice = exit_rx.recv() => match notice {
                     Some(notice) => self.on_exit(notice).await,
                     // Unreachable: `self.exit_tx` keeps the channel open.
@@ -1697,6 +1701,19 @@ mod tests {
         );
         assert!(denied.starts_with("permission denied"), "{denied}");
         assert!(denied.contains("`docker`"));
+        let refused = unavailable_reason(
+            &endpoint,
+            &DockerError::Negotiate {
+                endpoint: endpoint.clone(),
+                source: bollard::errors::Error::IOError {
+                    err: io::Error::from(io::ErrorKind::ConnectionRefused),
+                },
+            },
+        );
+        assert!(
+            refused.starts_with("no container engine is listening on unix:///var/run/docker.sock"),
+            "{refused}"
+        );
     }
 
     #[test]
