@@ -473,8 +473,13 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
             let window = VmTotals::of(vm);
             if window.guest_uj > 0 && window.busy_us > 0 {
                 let (energy_share, cpu_share) = window.burn_shares();
+                // Integer µJ: a split is exact to the µJ, which on a tiny window (the first, the
+                // last) can be more than the share tolerance.
+                let expected_uj = u128::from(window.guest_uj) * u128::from(window.burn_cpu_us)
+                    / u128::from(window.busy_us);
+                let off_by_uj = u128::from(window.burn_uj).abs_diff(expected_uj);
                 assert!(
-                    (energy_share - cpu_share).abs() <= SHARE_TOLERANCE,
+                    (energy_share - cpu_share).abs() <= SHARE_TOLERANCE || off_by_uj <= 2,
                     "window {:?}..{:?}: burn got {energy_share:.4} of the guest's energy for \
                      {cpu_share:.4} of its CPU time: {vm:#?}",
                     w.start,
