@@ -12,6 +12,9 @@ scripts/vm/setup-rig.sh
 scripts/build-test-images.sh
 scripts/build-agent-image.sh
 
+# CI must run the real-VM test, never skip it: a rig that cannot be set up is a failure.
+export JOULEBRIDGE_REQUIRE_VM_RIG=1
+
 # Debug and release: overflow checks differ, and the VM end-to-end test uses the release agent.
 cargo test --workspace --locked
 cargo test --workspace --locked --release
