@@ -31,5 +31,7 @@ mod report_render;
 mod report_support;
 #[cfg(target_os = "linux")]
 mod restart;
+#[cfg(target_os = "linux")]
+mod serve_power;
 #[cfg(test)]
 mod sim;
