@@ -420,3 +420,70 @@ async fn serve_binary_refuses_unreadable_rapl() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_baseline_uses_the_real_source_as_measured_idle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_host-bridge"))
+        .current_dir(dir.path())
+        .args([
+            "measure",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--out",
+            "m",
+            "--baseline",
+            "2",
+            "--window",
+            "1",
+            "--power",
+            "estimate",
+            "--power-interval-ms",
+            "250",
+            "--estimate-idle-watts",
+            "10",
+            "--estimate-max-watts",
+            "20",
+            "--",
+            "sleep",
+            "2",
+        ])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("measure ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let watts: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("baseline: ")?.strip_suffix(" W idle"))
+        .expect("a measured baseline line")
+        .parse()
+        .unwrap();
+    // The estimate lies between its idle and full-load power whatever the host does.
+    assert!((10.0..=20.0).contains(&watts), "baseline {watts} W");
+    let report = host_bridge::report::json::from_json(
+        &std::fs::read_to_string(dir.path().join("m/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report.power_source.kind, "estimate");
+    assert!(report.totals.host.energy_uj > 0);
+    assert!(
+        !report
+            .quality
+            .notes
+            .iter()
+            .any(|n| n.contains("no measured baseline")),
+        "{:?}",
+        report.quality.notes
+    );
+}
