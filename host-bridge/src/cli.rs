@@ -94,6 +94,76 @@ pub struct ServeArgs {
     /// Live attribution settings.
     #[command(flatten)]
     pub attribution: AttributionArgs,
+
+    /// Host power source settings.
+    #[command(flatten)]
+    pub power: PowerArgs,
+}
+
+/// Host power source flags, shared by `serve` and `measure` (validated into
+/// [`crate::sources::power::PowerConfig`] by [`crate::config`]).
+#[derive(Debug, Clone, Args)]
+pub struct PowerArgs {
+    /// Host power source: `auto` (powermetrics on macOS; RAPL on Linux when readable; else the
+    /// utilisation estimate), `powermetrics`, `rapl`, `estimate` or `replay:<capture.plist>`.
+    #[arg(long = "power", value_name = "SOURCE", default_value = "auto")]
+    pub source: String,
+
+    /// Power sampling interval.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub power_interval_ms: u64,
+
+    /// PID of the VM process whose share of host power goes to the containers.
+    #[arg(long, value_name = "PID", conflicts_with = "vm_name")]
+    pub vm_pid: Option<i64>,
+
+    /// VM process names, comma-separated: `name`, `prefix*` or (macOS) `coalition/name`; `*`
+    /// counts every host process (agent running on the host itself). Default: Docker Desktop's
+    /// VM on macOS; `qemu-system-*`, `qemu-kvm`, `firecracker`, `cloud-hyperviso*`, `crosvm` on
+    /// Linux.
+    #[arg(long, value_name = "NAMES")]
+    pub vm_name: Option<String>,
+
+    /// Estimate: whole-host idle power in watts (default 0.74 W per CPU).
+    #[arg(long, value_name = "WATTS")]
+    pub estimate_idle_watts: Option<f64>,
+
+    /// Estimate: whole-host full-load power in watts (default 3.5 W per CPU).
+    #[arg(long, value_name = "WATTS")]
+    pub estimate_max_watts: Option<f64>,
+
+    /// The powermetrics executable (default: `powermetrics` on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub powermetrics_path: Option<PathBuf>,
+
+    /// Replay pace: `recorded` (the capture's own timing) or `fast` (no waiting).
+    #[arg(long, value_enum, default_value_t = ReplayPace::Recorded)]
+    pub replay_pace: ReplayPace,
+}
+
+impl Default for PowerArgs {
+    /// The flags' defaults (as if none were given).
+    fn default() -> Self {
+        Self {
+            source: "auto".to_string(),
+            power_interval_ms: 1000,
+            vm_pid: None,
+            vm_name: None,
+            estimate_idle_watts: None,
+            estimate_max_watts: None,
+            powermetrics_path: None,
+            replay_pace: ReplayPace::Recorded,
+        }
+    }
+}
+
+/// Pace of `--power replay:<path>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayPace {
+    /// The capture's own timing.
+    Recorded,
+    /// As fast as the pipeline takes samples.
+    Fast,
 }
 
 /// Log output format.

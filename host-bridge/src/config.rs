@@ -6,12 +6,21 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::cli::ServeArgs;
+use crate::cli::{PowerArgs, ReplayPace, ServeArgs};
+use crate::sources::power::estimate::{
+    DEFAULT_IDLE_WATTS_PER_CPU, DEFAULT_MAX_WATTS_PER_CPU, EstimateModel,
+};
+use crate::sources::power::replay::Pace;
+use crate::sources::power::{PowerConfig, SourceChoice, VmSelector};
 
 /// Default connection cap.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default stall limit inside a frame.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest accepted `--power-interval-ms` (powermetrics' own floor is about 10 ms).
+pub const MIN_POWER_INTERVAL_MS: u64 = 10;
+/// Longest accepted `--power-interval-ms` (one hour).
+pub const MAX_POWER_INTERVAL_MS: u64 = 3_600_000;
 /// `VMADDR_CID_ANY` (`linux/vm_sockets.h`): accept vsock connections for every local CID.
 pub const VSOCK_CID_ANY: u32 = u32::MAX;
 
@@ -113,6 +122,8 @@ pub struct Config {
     pub frame_timeout: Duration,
     /// Silence limit between frames.
     pub idle_timeout: Duration,
+    /// The host power source to run (`None`: record guest data only, no host energy).
+    pub power: Option<PowerConfig>,
 }
 
 /// A flag value that cannot be used.
@@ -144,6 +155,130 @@ pub enum ConfigError {
         /// What is accepted.
         expected: &'static str,
     },
+    /// A flag value that does not parse or is out of range.
+    #[error("invalid {flag} {value:?}: {expected}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+}
+
+fn invalid(
+    flag: &'static str,
+    value: impl fmt::Display,
+    expected: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+impl TryFrom<&PowerArgs> for PowerConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: &PowerArgs) -> Result<Self, Self::Error> {
+        let choice: SourceChoice = args.source.parse().map_err(|_| {
+            invalid(
+                "--power",
+                &args.source,
+                "expected auto, powermetrics, rapl, estimate or replay:<path of a powermetrics plist capture>",
+            )
+        })?;
+        if let SourceChoice::Replay(path) = &choice
+            && !path.is_file()
+        {
+            return Err(invalid(
+                "--power",
+                &args.source,
+                format!(
+                    "{} is not a readable file; expected replay:<path of a powermetrics plist capture>",
+                    path.display()
+                ),
+            ));
+        }
+        if !(MIN_POWER_INTERVAL_MS..=MAX_POWER_INTERVAL_MS).contains(&args.power_interval_ms) {
+            return Err(invalid(
+                "--power-interval-ms",
+                args.power_interval_ms,
+                format!("expected {MIN_POWER_INTERVAL_MS}..={MAX_POWER_INTERVAL_MS} ms"),
+            ));
+        }
+        let interval = Duration::from_millis(args.power_interval_ms);
+        let vm = match (args.vm_pid, &args.vm_name) {
+            (Some(pid), _) if pid <= 0 => {
+                return Err(invalid("--vm-pid", pid, "expected a positive process id"));
+            }
+            (Some(pid), _) => Some(VmSelector::Pid(pid)),
+            (None, Some(names)) => Some(VmSelector::parse(names).map_err(|reason| {
+                invalid(
+                    "--vm-name",
+                    names,
+                    format!(
+                        "{reason}; expected comma-separated `name`, `prefix*` or `coalition/name`"
+                    ),
+                )
+            })?),
+            (None, None) => None,
+        };
+        let estimate = estimate_model(args)?;
+        let mut config = Self {
+            choice,
+            estimate,
+            estimate_interval: interval,
+            replay_pace: match args.replay_pace {
+                ReplayPace::Recorded => Pace::Recorded,
+                ReplayPace::Fast => Pace::AsFastAsPossible,
+            },
+            ..Self::default()
+        };
+        config.powermetrics.interval = interval;
+        config.rapl.interval = interval;
+        if let Some(program) = &args.powermetrics_path {
+            config.powermetrics.program.clone_from(program);
+        }
+        if let Some(vm) = vm {
+            config.powermetrics.vm = vm.clone();
+            config.linux_vm = vm;
+        }
+        Ok(config)
+    }
+}
+
+/// The estimate's coefficients: the defaults for this host's CPUs, with either end overridden.
+fn estimate_model(args: &PowerArgs) -> Result<Option<EstimateModel>, ConfigError> {
+    let watts = |flag: &'static str, w: Option<f64>| match w {
+        Some(w) if !(w.is_finite() && w >= 0.0) => {
+            Err(invalid(flag, w, "expected a non-negative number of watts"))
+        }
+        other => Ok(other),
+    };
+    let idle = watts("--estimate-idle-watts", args.estimate_idle_watts)?;
+    let max = watts("--estimate-max-watts", args.estimate_max_watts)?;
+    if idle.is_none() && max.is_none() {
+        return Ok(None);
+    }
+    let cpus = std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
+        .unwrap_or(1);
+    let model = EstimateModel {
+        idle_watts: idle.unwrap_or(DEFAULT_IDLE_WATTS_PER_CPU * f64::from(cpus)),
+        max_watts: max.unwrap_or(DEFAULT_MAX_WATTS_PER_CPU * f64::from(cpus)),
+    };
+    if model.max_watts < model.idle_watts {
+        return Err(invalid(
+            "--estimate-max-watts",
+            model.max_watts,
+            format!("expected at least the idle power ({} W)", model.idle_watts),
+        ));
+    }
+    Ok(Some(model))
 }
 
 impl TryFrom<ServeArgs> for Config {
@@ -185,6 +320,7 @@ impl TryFrom<ServeArgs> for Config {
                 expected: "at least 1 s",
             });
         }
+        let power = PowerConfig::try_from(&args.power)?;
         let record = args
             .record
             .unwrap_or_else(|| default_recording_path(crate::clock::unix_now().0 / 1_000_000_000));
@@ -196,6 +332,7 @@ impl TryFrom<ServeArgs> for Config {
             live: !args.no_live,
             frame_timeout: Duration::from_millis(args.frame_timeout_ms),
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            power: Some(power),
         })
     }
 }
@@ -277,6 +414,90 @@ mod tests {
             err.contains("udp://x:1") && err.contains("unix:///PATH"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn power_flags_map_to_the_source_config() {
+        let args = PowerArgs {
+            source: "estimate".into(),
+            power_interval_ms: 250,
+            vm_name: Some("qemu-system-*,firecracker".into()),
+            estimate_idle_watts: Some(5.0),
+            estimate_max_watts: Some(40.0),
+            replay_pace: ReplayPace::Fast,
+            ..PowerArgs::default()
+        };
+        let c = PowerConfig::try_from(&args).unwrap();
+        assert_eq!(c.choice, SourceChoice::Estimate);
+        assert_eq!(c.estimate_interval, Duration::from_millis(250));
+        assert_eq!(c.rapl.interval, Duration::from_millis(250));
+        assert_eq!(c.powermetrics.interval, Duration::from_millis(250));
+        assert_eq!(c.replay_pace, Pace::AsFastAsPossible);
+        assert_eq!(
+            c.estimate,
+            Some(EstimateModel {
+                idle_watts: 5.0,
+                max_watts: 40.0
+            })
+        );
+        assert_eq!(c.linux_vm.to_string(), "qemu-system-*,firecracker");
+        assert_eq!(c.powermetrics.vm, c.linux_vm);
+        let pid = PowerConfig::try_from(&PowerArgs {
+            vm_pid: Some(4242),
+            ..PowerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(pid.linux_vm, VmSelector::Pid(4242));
+        assert_eq!(pid.choice, SourceChoice::Auto);
+        assert_eq!(pid.estimate, None);
+    }
+
+    #[test]
+    fn power_flag_errors_name_flag_value_and_accepted_values() {
+        let err = |args: PowerArgs| PowerConfig::try_from(&args).unwrap_err().to_string();
+        let e = err(PowerArgs {
+            source: "solar".into(),
+            ..PowerArgs::default()
+        });
+        assert!(
+            e.contains("--power") && e.contains("\"solar\"") && e.contains("replay:<path"),
+            "{e}"
+        );
+        let e = err(PowerArgs {
+            source: "replay:/nonexistent/x.plist".into(),
+            ..PowerArgs::default()
+        });
+        assert!(
+            e.contains("--power") && e.contains("not a readable file"),
+            "{e}"
+        );
+        let e = err(PowerArgs {
+            power_interval_ms: 0,
+            ..PowerArgs::default()
+        });
+        assert!(
+            e.contains("--power-interval-ms") && e.contains("10..="),
+            "{e}"
+        );
+        let e = err(PowerArgs {
+            estimate_idle_watts: Some(50.0),
+            estimate_max_watts: Some(10.0),
+            ..PowerArgs::default()
+        });
+        assert!(
+            e.contains("--estimate-max-watts") && e.contains("50"),
+            "{e}"
+        );
+        let e = err(PowerArgs {
+            estimate_idle_watts: Some(f64::NAN),
+            ..PowerArgs::default()
+        });
+        assert!(e.contains("--estimate-idle-watts"), "{e}");
+        let e = err(PowerArgs {
+            vm_pid: Some(-3),
+            ..PowerArgs::default()
+        });
+        assert!(e.contains("--vm-pid") && e.contains("-3"), "{e}");
     }
 
     #[test]

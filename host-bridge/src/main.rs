@@ -50,6 +50,10 @@ fn main() -> ExitCode {
             )))
         }
         Command::Measure(args) => {
+            if let Err(err) = host_bridge::sources::power::PowerConfig::try_from(&args.power) {
+                eprintln!("error: {:#}", anyhow::Error::new(err));
+                return ExitCode::from(2);
+            }
             let mut out = std::io::stdout();
             match runtime.block_on(commands::measure::run(&args, shutdown_signal(), &mut out)) {
                 Ok(code) => ExitCode::from(code),

@@ -1,30 +1,40 @@
-//! `serve`: accept agents, record everything, show the live table.
+//! `serve`: accept agents, read host power, record everything.
 //!
 //! ```text
-//! listeners (tcp/unix/vsock) ─► connection tasks ─► recorder ─► recording file
+//! listeners (tcp/unix/vsock) ─► connection tasks ─┐
+//! power source (run_power) ─► power forwarder ────┴─► recorder ─► recording file
 //!                                       ▲               ├─► Acks back to connections
-//!                                       └── Acks ───────┘─► observers (live table, …)
+//!                                       └── Acks ───────┘─► observers (attribution, …)
 //! ```
 //!
-//! Shutdown order: stop accepting and close connections (Goodbye), wait for their tasks, then
-//! let the recorder drain its queue, sync and close the file.
+//! Power samples and source events become recording entries like guest messages do, so the
+//! live attribution (an observer of the recorder) and a report of the recording see the same
+//! entries in the same order: their numbers agree by construction.
+//!
+//! Shutdown order (sources → pipeline → sinks): stop the power source and the listeners, close
+//! connections (Goodbye) and wait for their tasks and the power forwarder, then let the
+//! recorder drain its queue, sync and close the file.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::sinks::live;
-use crate::sinks::recorder::{Observers, Recorder, RecorderStats};
+use crate::recording::RecordEntry;
+use crate::sinks::recorder::{Observers, Record, Recorder, RecorderHandle, RecorderStats};
 use crate::sources::guest::connection::ConnectionContext;
 use crate::sources::guest::listener::{self, GuestListener};
+use crate::sources::power::{
+    MonoClock, PowerConfig, PowerEvent, PowerOutputs, PowerSourceKind, Provenance,
+    RaplAvailability, SelectError, SourceChoice, rapl, run_power,
+};
 
 /// A bridge with its listeners bound and its recording open, not yet serving.
 #[derive(Debug)]
@@ -41,6 +51,9 @@ impl Bridge {
     /// # Errors
     /// When the recording cannot be opened or a listener cannot be bound.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        if let Some(power) = &config.power {
+            check_power(power)?;
+        }
         let path = config.record.clone();
         let recorder = tokio::task::spawn_blocking(move || Recorder::open(&path))
             .await
@@ -105,15 +118,14 @@ impl Bridge {
             "Bridge serving."
         );
         let cancel = CancellationToken::new();
+        let power_cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (handle, rx) = Recorder::channel();
-        let live_rx = observers.best_effort.subscribe();
         let mut recorder_task = tokio::spawn(recorder.run(rx, observers));
-
-        let live_task = (config.live && live::stdout_is_terminal()).then(|| {
-            let out: Box<dyn Write + Send> = Box::new(std::io::stdout());
-            tokio::spawn(live::run(live_rx, out, cancel.clone()))
-        });
+        let mut power_task: Option<JoinHandle<anyhow::Result<()>>> = config
+            .power
+            .clone()
+            .map(|power| tokio::spawn(power_loop(power, handle.clone(), power_cancel.clone())));
 
         let ctx = Arc::new(ConnectionContext {
             recorder: handle,
@@ -135,17 +147,47 @@ impl Bridge {
         }
         drop(ctx);
 
-        let early = tokio::select! {
-            () = shutdown => None,
-            done = &mut recorder_task => Some(done),
+        tokio::pin!(shutdown);
+        let mut power_failed = None;
+        let early = loop {
+            tokio::select! {
+                () = &mut shutdown => break None,
+                done = &mut recorder_task => break Some(done),
+                done = async { power_task.as_mut().expect("guarded by the condition").await },
+                    if power_task.is_some() =>
+                {
+                    power_task = None;
+                    match done {
+                        // Ended by itself (a replay reached its end): keep recording guests.
+                        Ok(Ok(())) => info!("Power source ended; serving on without host power."),
+                        Ok(Err(error)) => {
+                            power_failed = Some(error);
+                            break None;
+                        }
+                        Err(join) => {
+                            power_failed = Some(anyhow::Error::new(join).context("power task panicked"));
+                            break None;
+                        }
+                    }
+                }
+            }
         };
         info!("Bridge stopping.");
+        // Sources first: the power source and the listeners, then every connection.
+        power_cancel.cancel();
         cancel.cancel();
+        if let Some(task) = power_task {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => power_failed = Some(error),
+                Err(join) => {
+                    power_failed = Some(anyhow::Error::new(join).context("power task panicked"));
+                }
+            }
+        }
         tracker.close();
         tracker.wait().await;
-        if let Some(task) = live_task {
-            task.await.context("live table task panicked")?;
-        }
+        // Every recorder handle is gone now: the recorder drains, syncs and ends.
         let recorded = match early {
             Some(done) => done,
             None => recorder_task.await,
@@ -153,7 +195,85 @@ impl Bridge {
         recorded
             .context("recorder task panicked")?
             .context("recording stopped")?;
+        if let Some(error) = power_failed {
+            return Err(error);
+        }
         info!("Bridge stopped.");
         Ok(())
     }
+}
+
+/// Bounded queue between the power source and its forwarder. Overflow policy: the source
+/// `send().await`s (see [`PowerOutputs`]); samples come at most a few per second.
+const POWER_QUEUE: usize = 64;
+
+/// Refuse at start what cannot run: RAPL named explicitly but unreadable (the error says why
+/// and what to do). Auto-selection falls back instead, in [`run_power`].
+fn check_power(power: &PowerConfig) -> anyhow::Result<()> {
+    if power.choice == SourceChoice::Rapl {
+        let reason = match rapl::probe(&power.powercap_root) {
+            RaplAvailability::Readable => return Ok(()),
+            RaplAvailability::Unreadable(reason) => reason,
+            RaplAvailability::Absent => format!(
+                "no intel-rapl zones under {}",
+                power.powercap_root.display()
+            ),
+        };
+        return Err(anyhow::Error::new(SelectError::RaplUnavailable { reason })
+            .context("--power rapl cannot be used; try --power auto or --power estimate"));
+    }
+    Ok(())
+}
+
+/// Run the power source and record what it produces: samples as [`RecordEntry::Power`], the
+/// selection as [`RecordEntry::PowerSource`], gaps as [`RecordEntry::PowerGap`] (other events
+/// are logged where they are emitted).
+///
+/// # Errors
+/// The power source failed (its error chain says why).
+async fn power_loop(
+    power: PowerConfig,
+    recorder: RecorderHandle,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let (out, mut samples, mut events) = PowerOutputs::channel(POWER_QUEUE);
+    let source = tokio::spawn(run_power(power, MonoClock::new(), out, cancel));
+    loop {
+        // Events first: the selection is sent before any sample and must be recorded first.
+        let entry = tokio::select! {
+            biased;
+            Some(event) = events.recv() => match event {
+                PowerEvent::SourceSelected { kind, reason } => {
+                    info!(source = %kind, %reason, "Host power source running.");
+                    RecordEntry::PowerSource {
+                        kind: kind.as_str().to_string(),
+                        reason,
+                        provenance: if kind == PowerSourceKind::Estimate {
+                            Provenance::Estimated
+                        } else {
+                            Provenance::Measured
+                        },
+                    }
+                }
+                PowerEvent::Gap { from, to, reason } => RecordEntry::PowerGap { from, to, reason },
+                _ => continue,
+            },
+            Some(sample) = samples.recv() => RecordEntry::Power(sample),
+            else => break,
+        };
+        let record = Record {
+            entry,
+            origin: None,
+        };
+        if recorder.record(record).await.is_err() {
+            warn!("Recorder stopped; host power is no longer recorded.");
+            break;
+        }
+    }
+    // Closing the receivers stops a source still sending (the recorder is gone).
+    drop((samples, events));
+    source
+        .await
+        .context("power source panicked")?
+        .context("host power source failed")
 }

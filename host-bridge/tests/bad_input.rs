@@ -216,6 +216,7 @@ async fn extra_peers_are_told_busy_and_wrong_tokens_unauthorized() {
         live: false,
         frame_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
+        power: None,
     };
     let bridge = host_bridge::serve::Bridge::bind(config)
         .await

@@ -99,6 +99,7 @@ async fn container_is_named_sampled_and_followed_to_removal() {
         live: false,
         frame_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        power: None,
     })
     .await
     .expect("bridge binds");

@@ -30,6 +30,7 @@ fn bridge_config(listen: ListenEndpoint, record: std::path::PathBuf) -> Config {
         live: false,
         frame_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        power: None,
     }
 }
 

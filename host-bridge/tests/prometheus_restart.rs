@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use host_bridge::cli::ServeArgs;
+use host_bridge::cli::{PowerArgs, ServeArgs};
 use host_bridge::commands::AttributionArgs;
 use host_bridge::commands::PolicyArg;
 use host_bridge::commands::live_attribution;
@@ -33,8 +33,12 @@ fn serve_args(record: &Path) -> (Config, AttributionArgs) {
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         no_metrics: false,
         attribution: attribution.clone(),
+        power: PowerArgs::default(),
     };
-    (Config::try_from(args).unwrap(), attribution)
+    let mut config = Config::try_from(args).unwrap();
+    // The recording under test is written by the test: no live host power on top of it.
+    config.power = None;
+    (config, attribution)
 }
 
 async fn scrape(addr: std::net::SocketAddr) -> String {

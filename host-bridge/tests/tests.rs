@@ -33,6 +33,8 @@ mod report_render;
 mod report_support;
 #[cfg(target_os = "linux")]
 mod restart;
+#[cfg(target_os = "linux")]
+mod serve_power;
 #[cfg(test)]
 mod sim;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

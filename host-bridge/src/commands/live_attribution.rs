@@ -22,6 +22,7 @@ use crate::pipeline::{Engine, PipelineConfig, WindowReport};
 use crate::recording::{RecordEntry, RecordingReader};
 use crate::report::model::{Policy, Provenance};
 use crate::serve::Bridge;
+use crate::sinks::live;
 use crate::sinks::prometheus::{self, BridgeStats, MetricsEndpoint, MetricsView};
 
 /// Entries queued between the recorder and the engine. Lossless: when full the recorder
@@ -213,7 +214,8 @@ impl LiveAttribution {
 }
 
 /// `serve` with live attribution: bind the bridge, attach the engine (and `/metrics` as
-/// `metrics` says), run until `shutdown`, then drain.
+/// `metrics` says), draw the live view when asked and stdout is a terminal, run until
+/// `shutdown`, then drain.
 ///
 /// # Errors
 /// As [`Bridge::bind`], [`attach`] and [`Bridge::run`].
@@ -223,90 +225,24 @@ pub async fn serve(
     cfg: PipelineConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let draw = config.live && live::stdout_is_terminal();
     let mut bridge = Bridge::bind(config).await?;
     let recording = bridge.recording_path();
-    let live = attach(&mut bridge, &recording, cfg, metrics).await?;
+    let attribution = attach(&mut bridge, &recording, cfg, metrics).await?;
+    let view_cancel = CancellationToken::new();
+    let view_task = draw.then(|| {
+        let out: Box<dyn std::io::Write + Send> = Box::new(std::io::stdout());
+        tokio::spawn(live::run(
+            attribution.view.clone(),
+            out,
+            view_cancel.clone(),
+        ))
+    });
     let ran = bridge.run(shutdown).await;
-    live.stop().await?;
+    view_cancel.cancel();
+    if let Some(task) = view_task {
+        task.await.context("live view task panicked")?;
+    }
+    attribution.stop().await?;
     ran
-}
-
-/// A `docker stats`-like table of the latest view: power over the last window and energy
-/// since the recording started, per container, then the buckets.
-///
-/// ```text
-/// CONTAINER                    POWER W    ENERGY J
-/// web                            4.832     217.469
-/// db                             2.008      90.381
-/// (idle)                         2.450     101.600
-/// ```
-#[must_use]
-pub fn energy_table(view: &MetricsView) -> String {
-    let mut rows: Vec<(String, Option<f64>, u64)> = view
-        .containers
-        .iter()
-        .map(|c| {
-            let l = &c.labels;
-            let name = if !l.compose_service.is_empty() {
-                l.compose_service.clone()
-            } else if !l.container_name.is_empty() {
-                l.container_name.clone()
-            } else {
-                l.container_id.chars().take(12).collect()
-            };
-            (name, c.power_w, c.energy_uj)
-        })
-        .collect();
-    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-    for (bucket, uj) in &view.buckets {
-        rows.push((format!("({})", bucket.as_str()), None, *uj));
-    }
-    let mut out = format!("{:<28} {:>10} {:>11}\n", "CONTAINER", "POWER W", "ENERGY J");
-    for (name, watts, uj) in rows {
-        let watts = watts.map_or_else(|| "-".to_string(), |w| format!("{w:.3}"));
-        out.push_str(&format!(
-            "{:<28} {:>10} {:>11.3}\n",
-            name.chars().take(28).collect::<String>(),
-            watts,
-            protocol::MicroJoules(uj).as_joules_f64()
-        ));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::report::model::Bucket;
-    use crate::sinks::prometheus::{ContainerLabels, ContainerMetrics};
-
-    #[test]
-    fn energy_table_lists_containers_by_energy_then_buckets() {
-        let mut view = MetricsView::empty("rapl", Provenance::Measured, Policy::Exclude);
-        for (service, uj, w) in [("db", 90_381_000, 2.008), ("web", 217_469_206, 4.832)] {
-            view.containers.push(ContainerMetrics {
-                labels: ContainerLabels {
-                    compose_service: service.into(),
-                    ..ContainerLabels::default()
-                },
-                energy_uj: uj,
-                cpu_us: 0,
-                power_w: Some(w),
-            });
-        }
-        view.buckets.push((Bucket::Idle, 101_600_000));
-        let table = energy_table(&view);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 4, "{table}");
-        assert!(
-            lines[1].starts_with("web") && lines[1].contains("4.832"),
-            "{table}"
-        );
-        assert!(lines[1].ends_with("217.469"), "{table}");
-        assert!(lines[2].starts_with("db"), "{table}");
-        assert!(
-            lines[3].starts_with("(idle)") && lines[3].contains(" - "),
-            "{table}"
-        );
-    }
 }

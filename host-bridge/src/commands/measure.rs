@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::live_attribution;
 use super::report::print_summary;
 use super::{AttributionArgs, read_recording};
-use crate::cli::ServeArgs;
+use crate::cli::{PowerArgs, ServeArgs};
 use crate::config::Config;
 use crate::pipeline::{self, Attribution, IdleModel, Ledger};
 use crate::recording::RecordEntry;
@@ -61,6 +61,10 @@ pub struct MeasureArgs {
     /// Attribution settings (`--idle-watts` overrides the baseline).
     #[command(flatten)]
     pub attribution: AttributionArgs,
+
+    /// Host power source settings (as `serve`).
+    #[command(flatten)]
+    pub power: PowerArgs,
 
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -184,8 +188,9 @@ pub async fn run(
         metrics_addr: None,
         no_metrics: true,
         attribution: args.attribution.clone(),
+        power: args.power.clone(),
     };
-    let config = Config::try_from(serve).context("invalid --listen")?;
+    let config = Config::try_from(serve).context("invalid flags")?;
     let mut bridge = Bridge::bind(config).await?;
     for endpoint in bridge.local_endpoints() {
         writeln!(out, "listening for agents on {endpoint}")?;
@@ -250,7 +255,7 @@ pub async fn run(
                             "{:.1} s elapsed · {:.3} J host energy so far\n{}",
                             started.elapsed().as_secs_f64(),
                             protocol::MicroJoules(uj).as_joules_f64(),
-                            live_attribution::energy_table(&view)
+                            crate::sinks::live::frame(&view)
                         );
                         // Redraw in place: back to the first line of the previous frame.
                         if drawn > 0 {
