@@ -6,7 +6,7 @@
 //!                              readers, and TCP/vsock flow control pushes back on agents)
 //!   recorder: batch (≤ 64 entries or 200 ms) ─► spawn_blocking { dedupe, append, fdatasync }
 //!     ─► Ack per stream (highest seq durably recorded) on each connection's watch channel
-//!     ─► observers: lossless mpsc senders (send().await) and a best-effort broadcast
+//!     ─► observers: lossless mpsc senders (send().await)
 //! ```
 //!
 //! **Dedupe.** A stream is (boot id, instance id) from the agent's Hello. The recorder keeps the
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::Message;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::recording::{RecordEntry, RecordingError, RecordingWriter, SessionStart};
@@ -38,9 +38,6 @@ pub const RECORDER_QUEUE: usize = 1024;
 pub const BATCH_MAX_ENTRIES: usize = 64;
 /// Longest wait between the first entry of a batch and its sync.
 pub const BATCH_MAX_DELAY: Duration = Duration::from_millis(200);
-/// Capacity of the best-effort observer broadcast. Overflow policy: a lagging receiver skips
-/// the oldest entries and is told how many (`RecvError::Lagged`); the recorder never waits.
-pub const LIVE_QUEUE: usize = 4096;
 
 /// Identity of one agent's sequence of samples: sequence numbers restart with a new agent
 /// process (new instance id) or a guest reboot (new boot id).
@@ -92,22 +89,11 @@ impl RecorderHandle {
 }
 
 /// Where recorded entries are passed on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Observers {
     /// Consumers that must see every entry (the attribution engine). Overflow policy:
     /// `send().await`, so a slow consumer slows recording and, through it, the agents.
     pub lossless: Vec<mpsc::Sender<Arc<RecordEntry>>>,
-    /// Best-effort consumers (the live table). See [`LIVE_QUEUE`].
-    pub best_effort: broadcast::Sender<Arc<RecordEntry>>,
-}
-
-impl Default for Observers {
-    fn default() -> Self {
-        Self {
-            lossless: Vec::new(),
-            best_effort: broadcast::channel(LIVE_QUEUE).0,
-        }
-    }
 }
 
 /// Counters of the recorder, shared for logs and tests.
@@ -246,8 +232,6 @@ impl Recorder {
                         debug!("An observer went away.");
                     }
                 }
-                // No receivers is fine: the live table may be off.
-                let _receivers = observers.best_effort.send(entry);
             }
             if closed {
                 break;
