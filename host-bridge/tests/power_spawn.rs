@@ -2,8 +2,6 @@
 //! first on the child's `PATH`, streams a fixture with delays, dies mid-document, or prints the
 //! permission error; the source must cope as documented.
 
-#![cfg(test)]
-
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
