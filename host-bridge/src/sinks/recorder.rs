@@ -409,6 +409,29 @@ mod tests {
         }
     }
 
+    /// Runs `recorder` over `msgs` of one agent stream until its input closes; its stats after.
+    async fn record_to_end(
+        recorder: Recorder,
+        origin: &Origin,
+        msgs: impl IntoIterator<Item = Message>,
+    ) -> Arc<RecorderStats> {
+        let stats = recorder.stats();
+        let (handle, rx) = Recorder::channel();
+        let task = tokio::spawn(recorder.run(rx, Observers::default()));
+        for msg in msgs {
+            handle
+                .record(Record {
+                    entry: guest(1, msg),
+                    origin: Some(origin.clone()),
+                })
+                .await
+                .unwrap();
+        }
+        drop(handle);
+        task.await.unwrap().unwrap();
+        stats
+    }
+
     #[tokio::test]
     async fn recorder_dedupes_acks_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -423,53 +446,28 @@ mod tests {
             ack: ack_tx,
         };
 
-        let recorder = Recorder::open(&path).unwrap();
-        let stats = recorder.stats();
-        let (handle, rx) = Recorder::channel();
-        let task = tokio::spawn(recorder.run(rx, Observers::default()));
-        for msg in [
+        let msgs = [
             hello(7),
             sample(0),
             sample(1),
             sample(1),
             sample(0),
             sample(2),
-        ] {
-            handle
-                .record(Record {
-                    entry: guest(1, msg),
-                    origin: Some(origin.clone()),
-                })
-                .await
-                .unwrap();
-        }
-        drop(handle);
-        task.await.unwrap().unwrap();
+        ];
+        let stats = record_to_end(Recorder::open(&path).unwrap(), &origin, msgs).await;
         assert_eq!(*ack_rx.borrow(), Some(2));
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
 
         // A restarted bridge knows what the file holds.
         let recorder = Recorder::open(&path).unwrap();
         assert_eq!(recorder.durable_seq(&key), Some(2));
-        let stats = recorder.stats();
-        let (handle, rx) = Recorder::channel();
-        let task = tokio::spawn(recorder.run(rx, Observers::default()));
         let (ack_tx, ack_rx) = watch::channel(None);
         let origin = Origin {
             stream: Arc::clone(&key),
             ack: ack_tx,
         };
-        for msg in [hello(7), sample(1), sample(2), sample(3)] {
-            handle
-                .record(Record {
-                    entry: guest(1, msg),
-                    origin: Some(origin.clone()),
-                })
-                .await
-                .unwrap();
-        }
-        drop(handle);
-        task.await.unwrap().unwrap();
+        let msgs = [hello(7), sample(1), sample(2), sample(3)];
+        let stats = record_to_end(recorder, &origin, msgs).await;
         assert_eq!(*ack_rx.borrow(), Some(3));
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
 
