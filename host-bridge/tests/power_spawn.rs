@@ -88,6 +88,16 @@ async fn wait_event(
     }
 }
 
+/// Runs the source on the stand-in at `path`, never cancelled, until it returns by itself.
+async fn run_uncancelled(path: OsString, out: PowerOutputs) -> Result<(), PowermetricsError> {
+    tokio::time::timeout(
+        WAIT,
+        PowermetricsSource::new(config(path), MonoClock::new()).run(out, CancellationToken::new()),
+    )
+    .await
+    .expect("returns")
+}
+
 #[tokio::test]
 async fn spawn_streams_documents_with_delays_and_stops_on_cancel() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -195,12 +205,7 @@ async fn spawn_permission_error_says_how_to_fix() {
         "echo 'powermetrics must be invoked as the superuser'\nexit 1",
     );
     let (out, _samples, mut events) = PowerOutputs::channel(8);
-    let result = tokio::time::timeout(
-        WAIT,
-        PowermetricsSource::new(config(path), MonoClock::new()).run(out, CancellationToken::new()),
-    )
-    .await
-    .expect("returns");
+    let result = run_uncancelled(path, out).await;
     let err = result.expect_err("not root");
     assert!(matches!(err, PowermetricsError::NotRoot { .. }), "{err:?}");
     let message = err.to_string();
@@ -230,12 +235,7 @@ async fn spawn_gives_up_after_repeated_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = stand_in(dir.path(), "echo 'boom' >&2\nexit 1");
     let (out, _samples, _events) = PowerOutputs::channel(64);
-    let result = tokio::time::timeout(
-        WAIT,
-        PowermetricsSource::new(config(path), MonoClock::new()).run(out, CancellationToken::new()),
-    )
-    .await
-    .expect("returns");
+    let result = run_uncancelled(path, out).await;
     let err = result.expect_err("gives up");
     assert!(
         matches!(&err, PowermetricsError::GaveUp { failures: 3, last } if last.contains("boom")),
