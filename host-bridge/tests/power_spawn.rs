@@ -12,6 +12,7 @@ use host_bridge::sources::power::powermetrics::spawn::{
 };
 use host_bridge::sources::power::{MonoClock, PowerEvent, PowerOutputs, PowerSample, VmSelector};
 use tokio::sync::mpsc::Receiver;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::power_fixtures::fixture;
@@ -88,6 +89,19 @@ async fn wait_event(
     }
 }
 
+/// Cancels the running source and checks that it stops cleanly, in time.
+async fn cancel_and_join(
+    cancel: &CancellationToken,
+    task: JoinHandle<Result<(), PowermetricsError>>,
+) {
+    cancel.cancel();
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("stops")
+        .expect("joins");
+    assert!(result.is_ok(), "{result:?}");
+}
+
 /// Runs the source on the stand-in at `path`, never cancelled, until it returns by itself.
 async fn run_uncancelled(path: OsString, out: PowerOutputs) -> Result<(), PowermetricsError> {
     tokio::time::timeout(
@@ -127,12 +141,7 @@ async fn spawn_streams_documents_with_delays_and_stops_on_cancel() {
     assert!(
         matches!(found, PowerEvent::VmFound { matched } if matched.contains("com.docker.docker"))
     );
-    cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("joins");
-    assert!(result.is_ok(), "{result:?}");
+    cancel_and_join(&cancel, task).await;
     let args = std::fs::read_to_string(dir.path().join("args.txt")).expect("args recorded");
     let args: Vec<&str> = args.lines().collect();
     assert!(
@@ -189,12 +198,7 @@ async fn spawn_child_dying_mid_document_restarts_and_records_gap() {
     assert_eq!(from, first.end);
     assert_eq!(to.0, second.end.0.saturating_sub(second.window_ns));
     assert!(to > from, "the restart took time: {from:?} → {to:?}");
-    cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("joins");
-    assert!(result.is_ok(), "{result:?}");
+    cancel_and_join(&cancel, task).await;
 }
 
 #[tokio::test]
@@ -269,10 +273,5 @@ async fn spawn_streams_real_capture_when_present() {
         vm_cpu += sample.vm_share.map_or(0, |s| s.vm_cpu_ns);
     }
     assert!(vm_cpu > 0, "the Docker VM task is found");
-    cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("joins");
-    assert!(result.is_ok(), "{result:?}");
+    cancel_and_join(&cancel, task).await;
 }
