@@ -1,10 +1,12 @@
 //! The validated configuration of one agent process: the only place where defaults and flags
 //! meet. Every error names the flag, the value and what would have been accepted.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
+
+/// Where the bridge listens, as the agent dials it (the grammar shared with the bridge).
+pub use protocol::endpoint::Endpoint;
+use protocol::endpoint::{EndpointError, VSOCK_CID_ANY};
 
 use crate::cli::Cli;
 use crate::sources::docker::{DockerConfig, DockerEndpoint, DockerError};
@@ -19,84 +21,6 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a shutting-down agent waits for the bridge to acknowledge its last sample.
 pub const SHUTDOWN_ACK_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Where the bridge listens, as the agent dials it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// AF_VSOCK: context id and port. CID 2 is the host.
-    Vsock {
-        /// Context id.
-        cid: u32,
-        /// Port.
-        port: u32,
-    },
-    /// TCP. The host name is resolved at each connect (so `host.docker.internal` follows
-    /// Docker Desktop's DNS).
-    Tcp {
-        /// Host name or address literal.
-        host: String,
-        /// Port.
-        port: u16,
-    },
-    /// A Unix domain socket.
-    Unix(PathBuf),
-}
-
-impl FromStr for Endpoint {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ConfigError::Endpoint {
-            input: s.to_string(),
-            reason: reason.to_string(),
-        };
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| err("missing scheme"))?;
-        match scheme {
-            "vsock" => {
-                let (cid, port) = rest.split_once(':').ok_or_else(|| err("missing :PORT"))?;
-                let cid = cid
-                    .parse()
-                    .map_err(|_| err("the CID is not a 32-bit unsigned number"))?;
-                let port = port
-                    .parse()
-                    .map_err(|_| err("the port is not a 32-bit unsigned number"))?;
-                Ok(Self::Vsock { cid, port })
-            }
-            "tcp" => {
-                let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.is_empty() {
-                    return Err(err("missing host"));
-                }
-                let port = port
-                    .parse()
-                    .map_err(|_| err("the port is not a number in 0..=65535"))?;
-                Ok(Self::Tcp {
-                    host: host.to_string(),
-                    port,
-                })
-            }
-            "unix" => {
-                if !rest.starts_with('/') {
-                    return Err(err("the socket path must be absolute (unix:///path)"));
-                }
-                Ok(Self::Unix(PathBuf::from(rest)))
-            }
-            _ => Err(err("unknown scheme")),
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
-            Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
-            Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
-        }
-    }
-}
 
 /// How the connection loop behaves.
 #[derive(Debug, Clone)]
@@ -141,15 +65,16 @@ pub struct Config {
 /// A flag value that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// An endpoint (`--connect`) did not parse.
+    /// `--connect` did not parse.
+    #[error("invalid --connect")]
+    Connect(#[source] EndpointError),
+    /// `--connect vsock://any:PORT`: CID `any` listens, it cannot be dialled.
     #[error(
-        "invalid endpoint {input:?}: {reason}; expected vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH"
+        "invalid --connect {input:?}: CID `any` is for listening; dial the host as vsock://2:PORT"
     )]
-    Endpoint {
-        /// The string given.
+    DialAnyCid {
+        /// The endpoint given.
         input: String,
-        /// What is wrong with it.
-        reason: String,
     },
     /// A number out of range.
     #[error("invalid {flag} {value}: {expected}")]
@@ -175,7 +100,13 @@ impl TryFrom<Cli> for Config {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, Self::Error> {
-        let endpoint = cli.connect.parse()?;
+        let endpoint: Endpoint = cli.connect.parse().map_err(ConfigError::Connect)?;
+        if let Endpoint::Vsock {
+            cid: VSOCK_CID_ANY, ..
+        } = endpoint
+        {
+            return Err(ConfigError::DialAnyCid { input: cli.connect });
+        }
         let sample_period = Duration::from_millis(cli.sample_period_ms);
         if sample_period < MIN_SAMPLE_PERIOD || sample_period > Duration::from_secs(3600) {
             return Err(ConfigError::OutOfRange {
@@ -246,50 +177,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoint_vsock_parses_cid_and_port() {
-        let e: Endpoint = "vsock://2:7777".parse().unwrap();
-        assert_eq!(e, Endpoint::Vsock { cid: 2, port: 7777 });
-        assert_eq!(e.to_string(), "vsock://2:7777");
-    }
-
-    #[test]
-    fn endpoint_tcp_keeps_host_name_for_connect_time_resolution() {
-        let e: Endpoint = "tcp://host.docker.internal:7777".parse().unwrap();
-        assert_eq!(
-            e,
-            Endpoint::Tcp {
-                host: "host.docker.internal".into(),
-                port: 7777
-            }
-        );
-        let v6: Endpoint = "tcp://[::1]:9".parse().unwrap();
-        assert_eq!(
-            v6,
-            Endpoint::Tcp {
-                host: "::1".into(),
-                port: 9
-            }
-        );
-        assert_eq!(v6.to_string(), "tcp://[::1]:9");
-    }
-
-    #[test]
-    fn endpoint_unix_takes_absolute_path() {
-        let e: Endpoint = "unix:///run/jb.sock".parse().unwrap();
-        assert_eq!(e, Endpoint::Unix(PathBuf::from("/run/jb.sock")));
-        assert!("unix://relative.sock".parse::<Endpoint>().is_err());
-    }
-
-    #[test]
-    fn endpoint_errors_name_input_and_accepted_forms() {
-        let err = "http://x:1".parse::<Endpoint>().unwrap_err().to_string();
+    fn config_connect_errors_name_the_flag_and_refuse_cid_any() {
+        let err = |connect: &str| {
+            let cli = Cli::try_parse_from(["guest-agent", "--connect", connect]).unwrap();
+            format!(
+                "{:#}",
+                anyhow::Error::new(Config::try_from(cli).unwrap_err())
+            )
+        };
+        let e = err("http://x:1");
         assert!(
-            err.contains("http://x:1") && err.contains("vsock://CID:PORT"),
-            "{err}"
+            e.contains("--connect") && e.contains("http://x:1") && e.contains("vsock://CID:PORT"),
+            "{e}"
         );
-        assert!("vsock://2".parse::<Endpoint>().is_err());
-        assert!("tcp://host:99999".parse::<Endpoint>().is_err());
-        assert!("tcp://:80".parse::<Endpoint>().is_err());
+        let e = err("vsock://any:7777");
+        assert!(
+            e.contains("--connect") && e.contains("vsock://any:7777") && e.contains("vsock://2:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,9 +8,6 @@
 // Fixture helpers live outside `#[test]` functions, where clippy's `allow-unwrap-in-tests` does
 // not reach; a fixture that cannot be built must fail the test loudly.
 #![allow(clippy::unwrap_used)]
-// Integration tests are top-level `#[test]`s by design (main drops this lint workspace-wide in
-// c7a1cb6; kept here so this branch is clippy-clean on its own).
-#![allow(clippy::tests_outside_test_module)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -286,6 +286,19 @@ impl Harness {
         }
     }
 
+    /// The reason of the next `Unavailable`.
+    async fn unavailable_reason(&mut self) -> String {
+        match self
+            .wait_for("Unavailable", |e| {
+                matches!(e, RegistryEvent::Unavailable { .. })
+            })
+            .await
+        {
+            RegistryEvent::Unavailable { reason } => reason,
+            other => unreachable!("predicate admits only Unavailable, got {other:?}"),
+        }
+    }
+
     async fn upsert_of(&mut self, id: &str, what: &str) -> ContainerInfo {
         match self
             .wait_for(
@@ -560,14 +573,7 @@ async fn registry_missing_socket_reports_once_then_connects_when_it_appears() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("docker.sock");
     let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(socket.clone())));
-    let event = h
-        .wait_for("Unavailable", |e| {
-            matches!(e, RegistryEvent::Unavailable { .. })
-        })
-        .await;
-    let RegistryEvent::Unavailable { reason } = event else {
-        unreachable!("predicate admits only Unavailable");
-    };
+    let reason = h.unavailable_reason().await;
     assert!(
         reason.contains(&format!("no Docker socket at {}", socket.display())),
         "{reason}"
@@ -596,14 +602,7 @@ async fn registry_path_that_is_not_a_socket_is_reported() {
     let path = dir.path().join("docker.sock");
     std::fs::write(&path, b"not a socket").expect("write in temp dir");
     let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(path.clone())));
-    let event = h
-        .wait_for("Unavailable", |e| {
-            matches!(e, RegistryEvent::Unavailable { .. })
-        })
-        .await;
-    let RegistryEvent::Unavailable { reason } = event else {
-        unreachable!("predicate admits only Unavailable");
-    };
+    let reason = h.unavailable_reason().await;
     assert!(
         reason.contains(&format!("{} is not a Unix socket", path.display())),
         "{reason}"
@@ -682,16 +681,9 @@ async fn denied_reason(socket: &Path) -> String {
     let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(
         socket.to_path_buf(),
     )));
-    let event = h
-        .wait_for("Unavailable", |e| {
-            matches!(e, RegistryEvent::Unavailable { .. })
-        })
-        .await;
+    let reason = h.unavailable_reason().await;
     h.stop().await;
-    match event {
-        RegistryEvent::Unavailable { reason } => reason,
-        other => unreachable!("predicate admits only Unavailable, got {other:?}"),
-    }
+    reason
 }
 
 /// Total CPU of a cgroup in µs, the way the agent's sampler prefers it: cgroup v2 `cpu.stat`

@@ -107,6 +107,21 @@ async fn accept(listener: &UnixListener, instance_id: u64) -> Bridge {
     bridge
 }
 
+/// After the final Ack: only Pings may come before the Goodbye, then the sink task ends.
+async fn goodbye_then_stop(bridge: &mut Bridge, task: JoinHandle<()>) {
+    loop {
+        match next(bridge).await {
+            Message::Goodbye(_) => break,
+            Message::Ping(_) => {}
+            other => panic!("expected Goodbye, got {other:?}"),
+        }
+    }
+    tokio::time::timeout(STEP, task)
+        .await
+        .expect("the sink stops after Goodbye")
+        .expect("the sink task does not panic");
+}
+
 /// Read the next `n` samples, skipping Pings.
 async fn samples(bridge: &mut Bridge, n: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -160,17 +175,7 @@ async fn stream_resends_unacked_spool_after_reconnect_and_says_goodbye() {
     // Shutdown: the agent waits for the Ack of its last sample, then says Goodbye.
     drop(agent.samples);
     bridge.send(Message::Ack(Ack { seq: 7 })).await.unwrap();
-    loop {
-        match next(&mut bridge).await {
-            Message::Goodbye(_) => break,
-            Message::Ping(_) => {}
-            other => panic!("expected Goodbye, got {other:?}"),
-        }
-    }
-    tokio::time::timeout(STEP, agent.task)
-        .await
-        .expect("the sink stops after Goodbye")
-        .unwrap();
+    goodbye_then_stop(&mut bridge, agent.task).await;
     assert_eq!(agent.stats.connections.load(Ordering::Relaxed), 2);
     assert_eq!(agent.stats.spool_dropped.load(Ordering::Relaxed), 0);
 }
@@ -203,15 +208,7 @@ async fn stream_spool_full_drops_oldest() {
     assert_eq!(agent.stats.spool_dropped.load(Ordering::Relaxed), 3);
     bridge.send(Message::Ack(Ack { seq: 5 })).await.unwrap();
     drop(agent.samples);
-    loop {
-        if let Message::Goodbye(_) = next(&mut bridge).await {
-            break;
-        }
-    }
-    tokio::time::timeout(STEP, agent.task)
-        .await
-        .unwrap()
-        .unwrap();
+    goodbye_then_stop(&mut bridge, agent.task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,14 +234,6 @@ async fn stream_reconnects_after_bridge_rejects() {
     assert_eq!(samples(&mut bridge, 1).await, [0]);
     bridge.send(Message::Ack(Ack { seq: 0 })).await.unwrap();
     drop(agent.samples);
-    loop {
-        if let Message::Goodbye(_) = next(&mut bridge).await {
-            break;
-        }
-    }
-    tokio::time::timeout(STEP, agent.task)
-        .await
-        .unwrap()
-        .unwrap();
+    goodbye_then_stop(&mut bridge, agent.task).await;
     assert_eq!(agent.stats.connections.load(Ordering::Relaxed), 2);
 }

@@ -184,9 +184,10 @@ impl Measurement for ThreadCpuTime {
     }
 }
 
-fn bench_cpu(c: &mut Criterion<ThreadCpuTime>) {
+/// The two benchmarks, measured by `M` (wall time or this thread's CPU time).
+fn bench_with<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
     let buf = frames();
-    let mut group = c.benchmark_group("attribute-cpu");
+    let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Elements(CONTAINERS * SECONDS));
     group.measurement_time(Duration::from_secs(10));
     group.sample_size(20);
@@ -203,23 +204,12 @@ fn bench_cpu(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
+fn bench_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    bench_with(c, "attribute-cpu");
+}
+
 fn bench(c: &mut Criterion) {
-    let buf = frames();
-    let mut group = c.benchmark_group("attribute");
-    group.throughput(Throughput::Elements(CONTAINERS * SECONDS));
-    group.measurement_time(Duration::from_secs(10));
-    group.sample_size(20);
-    group.bench_function("decode_and_attribute_100_containers", |b| {
-        b.iter_batched(
-            || buf.clone(),
-            |buf| black_box(decode_and_attribute(buf)),
-            BatchSize::LargeInput,
-        );
-    });
-    group.bench_function("decode_only_100_containers", |b| {
-        b.iter_batched(|| buf.clone(), decode_only, BatchSize::LargeInput);
-    });
-    group.finish();
+    bench_with(c, "attribute");
 }
 
 criterion_group!(benches, bench);

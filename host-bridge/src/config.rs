@@ -3,8 +3,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
+
+use protocol::endpoint::EndpointError;
 
 use crate::cli::{PowerArgs, ReplayPace, ServeArgs};
 use crate::sources::power::estimate::{
@@ -21,89 +22,10 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MIN_POWER_INTERVAL_MS: u64 = 10;
 /// Longest accepted `--power-interval-ms` (one hour).
 pub const MAX_POWER_INTERVAL_MS: u64 = 3_600_000;
-/// `VMADDR_CID_ANY` (`linux/vm_sockets.h`): accept vsock connections for every local CID.
-pub const VSOCK_CID_ANY: u32 = u32::MAX;
-
-/// Where the bridge accepts agents.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenEndpoint {
-    /// TCP on a host name or address (resolved when binding).
-    Tcp {
-        /// Host name or address literal.
-        host: String,
-        /// Port (0 = any free port).
-        port: u16,
-    },
-    /// A Unix domain socket path (a stale socket file is replaced).
-    Unix(PathBuf),
-    /// AF_VSOCK (Linux hosts only).
-    Vsock {
-        /// Local CID to bind ([`VSOCK_CID_ANY`] for all).
-        cid: u32,
-        /// Port.
-        port: u32,
-    },
-}
-
-impl FromStr for ListenEndpoint {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ConfigError::Listen {
-            input: s.to_string(),
-            reason: reason.to_string(),
-        };
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| err("missing scheme"))?;
-        match scheme {
-            "tcp" => {
-                let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.is_empty() {
-                    return Err(err("missing host"));
-                }
-                let port = port
-                    .parse()
-                    .map_err(|_| err("the port is not a number in 0..=65535"))?;
-                Ok(Self::Tcp {
-                    host: host.to_string(),
-                    port,
-                })
-            }
-            "unix" => {
-                if !rest.starts_with('/') {
-                    return Err(err("the socket path must be absolute (unix:///path)"));
-                }
-                Ok(Self::Unix(PathBuf::from(rest)))
-            }
-            "vsock" => {
-                let (cid, port) = rest.split_once(':').ok_or_else(|| err("missing :PORT"))?;
-                let cid = if cid.eq_ignore_ascii_case("any") {
-                    VSOCK_CID_ANY
-                } else {
-                    cid.parse()
-                        .map_err(|_| err("the CID is not a 32-bit unsigned number or `any`"))?
-                };
-                let port = port
-                    .parse()
-                    .map_err(|_| err("the port is not a 32-bit unsigned number"))?;
-                Ok(Self::Vsock { cid, port })
-            }
-            _ => Err(err("unknown scheme")),
-        }
-    }
-}
-
-impl fmt::Display for ListenEndpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
-            Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
-            Self::Vsock { cid, port } if *cid == VSOCK_CID_ANY => write!(f, "vsock://any:{port}"),
-            Self::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
-        }
-    }
-}
+/// Where the bridge accepts agents: the endpoint grammar shared with the agent, where
+/// `vsock://any:PORT` ([`VSOCK_CID_ANY`]) listens on every local CID, TCP host names are resolved
+/// when binding, TCP port 0 picks a free port and a stale Unix socket file is replaced.
+pub use protocol::endpoint::{Endpoint as ListenEndpoint, VSOCK_CID_ANY};
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -130,15 +52,8 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A `--listen` did not parse.
-    #[error(
-        "invalid --listen {input:?}: {reason}; expected tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT"
-    )]
-    Listen {
-        /// The string given.
-        input: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("invalid --listen")]
+    Listen(#[source] EndpointError),
     /// `vsock://` on a host that has no AF_VSOCK.
     #[error("invalid --listen {input:?}: vsock listeners need a Linux host; use tcp:// or unix://")]
     VsockUnsupported {
@@ -289,7 +204,8 @@ impl TryFrom<ServeArgs> for Config {
             .listen
             .iter()
             .map(|s| s.parse::<ListenEndpoint>())
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Listen)?;
         if !cfg!(target_os = "linux")
             && let Some(v) = listen
                 .iter()
@@ -367,51 +283,30 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
-    fn listen_tcp_parses_host_and_port() {
-        let e: ListenEndpoint = "tcp://127.0.0.1:7777".parse().unwrap();
-        assert_eq!(
-            e,
-            ListenEndpoint::Tcp {
-                host: "127.0.0.1".into(),
-                port: 7777
-            }
+    fn listen_error_names_the_flag_input_and_forms() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "host-bridge",
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--listen",
+            "udp://x:1",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        let err = format!(
+            "{:#}",
+            anyhow::Error::new(Config::try_from(args).unwrap_err())
         );
-        assert_eq!(e.to_string(), "tcp://127.0.0.1:7777");
-    }
-
-    #[test]
-    fn listen_unix_needs_absolute_path() {
-        let e: ListenEndpoint = "unix:///tmp/jb.sock".parse().unwrap();
-        assert_eq!(e, ListenEndpoint::Unix(PathBuf::from("/tmp/jb.sock")));
-        assert!("unix://jb.sock".parse::<ListenEndpoint>().is_err());
-    }
-
-    #[test]
-    fn listen_vsock_accepts_any_cid() {
-        let e: ListenEndpoint = "vsock://any:7777".parse().unwrap();
-        assert_eq!(
-            e,
-            ListenEndpoint::Vsock {
-                cid: VSOCK_CID_ANY,
-                port: 7777
-            }
-        );
-        assert_eq!(e.to_string(), "vsock://any:7777");
-        let e: ListenEndpoint = "vsock://2:1".parse().unwrap();
-        assert_eq!(e, ListenEndpoint::Vsock { cid: 2, port: 1 });
-    }
-
-    #[test]
-    fn listen_error_names_input_and_forms() {
-        let err = "udp://x:1"
-            .parse::<ListenEndpoint>()
-            .unwrap_err()
-            .to_string();
         assert!(
-            err.contains("udp://x:1") && err.contains("unix:///PATH"),
+            err.contains("--listen") && err.contains("udp://x:1") && err.contains("unix:///PATH"),
             "{err}"
         );
     }

@@ -3,8 +3,6 @@
 //! The captures stay outside the repository (licences, size); the tests skip with a printed
 //! reason when the folder is absent.
 
-#![cfg(test)]
-
 use std::path::{Path, PathBuf};
 
 use host_bridge::sources::power::powermetrics::frame::{Frame, split_capture};
@@ -20,7 +18,7 @@ fn captures_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("skipped: real captures not found at {}", dir.display());
+        eprintln!("skipped: real captures not found at {}", dir.display());
         None
     }
 }

@@ -1,8 +1,6 @@
 //! The hand-written powermetrics fixtures (`tests/fixtures/powermetrics/`): each quirk of real
 //! output, through the framer, the parser and the sample conversion.
 
-#![cfg(test)]
-
 use std::path::PathBuf;
 
 use host_bridge::sources::power::powermetrics::parse::PlistError;

@@ -1,8 +1,6 @@
 //! Host CPU and the VM process's share from a fake `/proc` built by each test, the estimate
 //! source on top of it, and auto-selection on a Linux host without RAPL.
 
-#![cfg(test)]
-
 use std::path::Path;
 use std::time::Duration;
 

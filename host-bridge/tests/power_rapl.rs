@@ -5,8 +5,6 @@
 //! top-level psys zone, as on Intel client CPUs since Skylake) and a server (two packages, each
 //! with a dram subzone, no psys). Ranges are the common 262 143 328 850 µJ.
 
-#![cfg(test)]
-
 use std::path::Path;
 
 use host_bridge::sources::power::rapl::{

@@ -1,8 +1,6 @@
 //! Replay of recorded powermetrics captures, at recorded pace (paused clock) and as fast as
 //! possible.
 
-#![cfg(test)]
-
 use std::path::PathBuf;
 
 use host_bridge::sources::power::replay::{Pace, ReplayConfig, ReplayError, ReplaySource};

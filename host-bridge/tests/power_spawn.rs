@@ -2,8 +2,6 @@
 //! first on the child's `PATH`, streams a fixture with delays, dies mid-document, or prints the
 //! permission error; the source must cope as documented.
 
-#![cfg(test)]
-
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -14,6 +12,7 @@ use host_bridge::sources::power::powermetrics::spawn::{
 };
 use host_bridge::sources::power::{MonoClock, PowerEvent, PowerOutputs, PowerSample, VmSelector};
 use tokio::sync::mpsc::Receiver;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::power_fixtures::fixture;
@@ -90,6 +89,29 @@ async fn wait_event(
     }
 }
 
+/// Cancels the running source and checks that it stops cleanly, in time.
+async fn cancel_and_join(
+    cancel: &CancellationToken,
+    task: JoinHandle<Result<(), PowermetricsError>>,
+) {
+    cancel.cancel();
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("stops")
+        .expect("joins");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Runs the source on the stand-in at `path`, never cancelled, until it returns by itself.
+async fn run_uncancelled(path: OsString, out: PowerOutputs) -> Result<(), PowermetricsError> {
+    tokio::time::timeout(
+        WAIT,
+        PowermetricsSource::new(config(path), MonoClock::new()).run(out, CancellationToken::new()),
+    )
+    .await
+    .expect("returns")
+}
+
 #[tokio::test]
 async fn spawn_streams_documents_with_delays_and_stops_on_cancel() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -119,12 +141,7 @@ async fn spawn_streams_documents_with_delays_and_stops_on_cancel() {
     assert!(
         matches!(found, PowerEvent::VmFound { matched } if matched.contains("com.docker.docker"))
     );
-    cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("joins");
-    assert!(result.is_ok(), "{result:?}");
+    cancel_and_join(&cancel, task).await;
     let args = std::fs::read_to_string(dir.path().join("args.txt")).expect("args recorded");
     let args: Vec<&str> = args.lines().collect();
     assert!(
@@ -181,12 +198,7 @@ async fn spawn_child_dying_mid_document_restarts_and_records_gap() {
     assert_eq!(from, first.end);
     assert_eq!(to.0, second.end.0.saturating_sub(second.window_ns));
     assert!(to > from, "the restart took time: {from:?} → {to:?}");
-    cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("joins");
-    assert!(result.is_ok(), "{result:?}");
+    cancel_and_join(&cancel, task).await;
 }
 
 #[tokio::test]
@@ -197,12 +209,7 @@ async fn spawn_permission_error_says_how_to_fix() {
         "echo 'powermetrics must be invoked as the superuser'\nexit 1",
     );
     let (out, _samples, mut events) = PowerOutputs::channel(8);
-    let result = tokio::time::timeout(
-        WAIT,
-        PowermetricsSource::new(config(path), MonoClock::new()).run(out, CancellationToken::new()),
-    )
-    .await
-    .expect("returns");
+    let result = run_uncancelled(path, out).await;
     let err = result.expect_err("not root");
     assert!(matches!(err, PowermetricsError::NotRoot { .. }), "{err:?}");
     let message = err.to_string();
@@ -232,12 +239,7 @@ async fn spawn_gives_up_after_repeated_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = stand_in(dir.path(), "echo 'boom' >&2\nexit 1");
     let (out, _samples, _events) = PowerOutputs::channel(64);
-    let result = tokio::time::timeout(
-        WAIT,
-        PowermetricsSource::new(config(path), MonoClock::new()).run(out, CancellationToken::new()),
-    )
-    .await
-    .expect("returns");
+    let result = run_uncancelled(path, out).await;
     let err = result.expect_err("gives up");
     assert!(
         matches!(&err, PowermetricsError::GaveUp { failures: 3, last } if last.contains("boom")),
@@ -271,10 +273,5 @@ async fn spawn_streams_real_capture_when_present() {
         vm_cpu += sample.vm_share.map_or(0, |s| s.vm_cpu_ns);
     }
     assert!(vm_cpu > 0, "the Docker VM task is found");
-    cancel.cancel();
-    let result = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("joins");
-    assert!(result.is_ok(), "{result:?}");
+    cancel_and_join(&cancel, task).await;
 }

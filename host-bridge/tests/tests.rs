@@ -1,10 +1,8 @@
 //! The host bridge's integration tests, one binary (see the house style).
 
-// Integration tests are top-level `#[test]` functions by design, and their helpers may unwrap:
-// a panic is how a test reports failure.
-#![allow(clippy::tests_outside_test_module, clippy::unwrap_used)]
+// Test helpers may unwrap: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
 
-#[cfg(test)]
 mod attribution_props;
 #[cfg(target_os = "linux")]
 mod bad_input;
@@ -35,7 +33,6 @@ mod report_support;
 mod restart;
 #[cfg(target_os = "linux")]
 mod serve_power;
-#[cfg(test)]
 mod sim;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod vm_e2e;

@@ -93,6 +93,19 @@ fn grams(c: CarbonGrams) -> String {
     format!("{:.4}", c.grams)
 }
 
+/// The CO2e cell of a table row: empty when the report has no carbon column, blank when this
+/// row has no figure.
+fn carbon_cell(carbon: bool, g: Option<CarbonGrams>) -> String {
+    if carbon {
+        format!(
+            r#"<td class="num">{}</td>"#,
+            g.map(grams).unwrap_or_default()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC` from ns since the Unix epoch (proleptic Gregorian calendar;
 /// days-to-civil after H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
 fn utc(unix_ns: u64) -> String {
@@ -414,12 +427,7 @@ fn summary_table(report: &Report, out: &mut String) {
             c.share * 100.0,
             protocol::CpuMicros(c.cpu_us).as_secs_f64(),
             watts(c.energy.energy_uj, report.duration_s)));
-        if carbon {
-            out.push_str(&format!(
-                r#"<td class="num">{}</td>"#,
-                c.carbon_g.map(grams).unwrap_or_default()
-            ));
-        }
+        out.push_str(&carbon_cell(carbon, c.carbon_g));
         out.push_str("</tr>");
     }
     for b in &report.totals.buckets {
@@ -427,23 +435,13 @@ fn summary_table(report: &Report, out: &mut String) {
             b.bucket.as_str(),
             energy_cells(b.energy, est),
             watts(b.energy.energy_uj, report.duration_s)));
-        if carbon {
-            out.push_str(&format!(
-                r#"<td class="num">{}</td>"#,
-                b.carbon_g.map(grams).unwrap_or_default()
-            ));
-        }
+        out.push_str(&carbon_cell(carbon, b.carbon_g));
         out.push_str("</tr>");
     }
     out.push_str(&format!(r#"<tr class="total" data-total="host"><td>Host total</td><td></td><td></td><td></td>{}<td></td><td></td><td class="num">{:.3}</td>"#,
         energy_cells(report.totals.host, est),
         watts(report.totals.host.energy_uj, report.duration_s)));
-    if carbon {
-        out.push_str(&format!(
-            r#"<td class="num">{}</td>"#,
-            report.totals.carbon_g.map(grams).unwrap_or_default()
-        ));
-    }
+    out.push_str(&carbon_cell(carbon, report.totals.carbon_g));
     out.push_str("</tr></tbody></table>");
 }
 

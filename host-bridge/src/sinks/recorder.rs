@@ -6,7 +6,7 @@
 //!                              readers, and TCP/vsock flow control pushes back on agents)
 //!   recorder: batch (≤ 64 entries or 200 ms) ─► spawn_blocking { dedupe, append, fdatasync }
 //!     ─► Ack per stream (highest seq durably recorded) on each connection's watch channel
-//!     ─► observers: lossless mpsc senders (send().await) and a best-effort broadcast
+//!     ─► observers: lossless mpsc senders (send().await)
 //! ```
 //!
 //! **Dedupe.** A stream is (boot id, instance id) from the agent's Hello. The recorder keeps the
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::Message;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::recording::{RecordEntry, RecordingError, RecordingWriter, SessionStart};
@@ -38,9 +38,6 @@ pub const RECORDER_QUEUE: usize = 1024;
 pub const BATCH_MAX_ENTRIES: usize = 64;
 /// Longest wait between the first entry of a batch and its sync.
 pub const BATCH_MAX_DELAY: Duration = Duration::from_millis(200);
-/// Capacity of the best-effort observer broadcast. Overflow policy: a lagging receiver skips
-/// the oldest entries and is told how many (`RecvError::Lagged`); the recorder never waits.
-pub const LIVE_QUEUE: usize = 4096;
 
 /// Identity of one agent's sequence of samples: sequence numbers restart with a new agent
 /// process (new instance id) or a guest reboot (new boot id).
@@ -92,22 +89,11 @@ impl RecorderHandle {
 }
 
 /// Where recorded entries are passed on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Observers {
     /// Consumers that must see every entry (the attribution engine). Overflow policy:
     /// `send().await`, so a slow consumer slows recording and, through it, the agents.
     pub lossless: Vec<mpsc::Sender<Arc<RecordEntry>>>,
-    /// Best-effort consumers (the live table). See [`LIVE_QUEUE`].
-    pub best_effort: broadcast::Sender<Arc<RecordEntry>>,
-}
-
-impl Default for Observers {
-    fn default() -> Self {
-        Self {
-            lossless: Vec::new(),
-            best_effort: broadcast::channel(LIVE_QUEUE).0,
-        }
-    }
 }
 
 /// Counters of the recorder, shared for logs and tests.
@@ -246,8 +232,6 @@ impl Recorder {
                         debug!("An observer went away.");
                     }
                 }
-                // No receivers is fine: the live table may be off.
-                let _receivers = observers.best_effort.send(entry);
             }
             if closed {
                 break;
@@ -425,6 +409,29 @@ mod tests {
         }
     }
 
+    /// Runs `recorder` over `msgs` of one agent stream until its input closes; its stats after.
+    async fn record_to_end(
+        recorder: Recorder,
+        origin: &Origin,
+        msgs: impl IntoIterator<Item = Message>,
+    ) -> Arc<RecorderStats> {
+        let stats = recorder.stats();
+        let (handle, rx) = Recorder::channel();
+        let task = tokio::spawn(recorder.run(rx, Observers::default()));
+        for msg in msgs {
+            handle
+                .record(Record {
+                    entry: guest(1, msg),
+                    origin: Some(origin.clone()),
+                })
+                .await
+                .unwrap();
+        }
+        drop(handle);
+        task.await.unwrap().unwrap();
+        stats
+    }
+
     #[tokio::test]
     async fn recorder_dedupes_acks_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -439,53 +446,28 @@ mod tests {
             ack: ack_tx,
         };
 
-        let recorder = Recorder::open(&path).unwrap();
-        let stats = recorder.stats();
-        let (handle, rx) = Recorder::channel();
-        let task = tokio::spawn(recorder.run(rx, Observers::default()));
-        for msg in [
+        let msgs = [
             hello(7),
             sample(0),
             sample(1),
             sample(1),
             sample(0),
             sample(2),
-        ] {
-            handle
-                .record(Record {
-                    entry: guest(1, msg),
-                    origin: Some(origin.clone()),
-                })
-                .await
-                .unwrap();
-        }
-        drop(handle);
-        task.await.unwrap().unwrap();
+        ];
+        let stats = record_to_end(Recorder::open(&path).unwrap(), &origin, msgs).await;
         assert_eq!(*ack_rx.borrow(), Some(2));
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
 
         // A restarted bridge knows what the file holds.
         let recorder = Recorder::open(&path).unwrap();
         assert_eq!(recorder.durable_seq(&key), Some(2));
-        let stats = recorder.stats();
-        let (handle, rx) = Recorder::channel();
-        let task = tokio::spawn(recorder.run(rx, Observers::default()));
         let (ack_tx, ack_rx) = watch::channel(None);
         let origin = Origin {
             stream: Arc::clone(&key),
             ack: ack_tx,
         };
-        for msg in [hello(7), sample(1), sample(2), sample(3)] {
-            handle
-                .record(Record {
-                    entry: guest(1, msg),
-                    origin: Some(origin.clone()),
-                })
-                .await
-                .unwrap();
-        }
-        drop(handle);
-        task.await.unwrap().unwrap();
+        let msgs = [hello(7), sample(1), sample(2), sample(3)];
+        let stats = record_to_end(recorder, &origin, msgs).await;
         assert_eq!(*ack_rx.borrow(), Some(3));
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
 
