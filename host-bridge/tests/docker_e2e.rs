@@ -216,6 +216,7 @@ async fn containers_and_compose_services_reach_the_recording_with_their_cpu_time
         live: false,
         frame_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        power: None,
     })
     .await
     .expect("bridge binds");
