@@ -68,6 +68,8 @@ wait_pid() {
 
 rm -rf "$out"
 mkdir -p "$out/native" "$out/vm"
+# Absolute: the bridge's unix:// endpoints take absolute paths only.
+out=$(cd "$out" && pwd)
 
 log "building host-bridge, the native agent and the static agent for the VM"
 cargo build -p host-bridge -p guest-agent >&2
