@@ -9,11 +9,12 @@
 #           AF_VSOCK stream to CID 2 arriving through vhost-device-vsock on the bridge's Unix
 #           socket;
 # then each recording is reported (`host-bridge report`) and the two are compared
-# (`host-bridge compare vm native`). Host power is the bridge's estimate source (no sensor here):
-# `serve` does not run a power source yet, so both runs are recorded by
-# host-bridge/examples/record_with_power.rs (the real Bridge plus the real estimate source, one
-# time-ordered recording); for the VM run "the VM" is the QEMU process (its -pidfile), for the
-# native run there is no VM process and the host's busy time is the basis.
+# (`host-bridge compare vm native`). Both runs are recorded by the real
+# `host-bridge serve --power estimate` (no sensor here: the estimate source, labelled estimated,
+# records its readings in the same recording). For the VM run "the VM" is this run's QEMU, picked
+# by a process name unique to this script (`--vm-name`, QEMU's `-name ...,process=`), since the
+# bridge listens before QEMU exists; for the native run the agent runs on this host, so "the VM"
+# is every process of the host (`--vm-name '*'`).
 #
 #   scripts/compare-native-vm.sh [--seconds 60] [--out target/compare-native-vm] [--cpus 2]
 #       [--accel tcg|kvm] [--image-dir target/debian-vm]
@@ -67,12 +68,12 @@ wait_pid() {
 
 rm -rf "$out"
 mkdir -p "$out/native" "$out/vm"
+# Absolute: the bridge's unix:// endpoints take absolute paths only.
+out=$(cd "$out" && pwd)
 
 log "building host-bridge, the native agent and the static agent for the VM"
 cargo build -p host-bridge -p guest-agent >&2
-cargo build -p host-bridge --example record_with_power >&2
 bridge=$repo_root/target/debug/host-bridge
-recorder=$repo_root/target/debug/examples/record_with_power
 native_agent=$repo_root/target/debug/guest-agent
 static_agent=$(scripts/vm/build-agent.sh)
 scripts/vm/setup-rig.sh >/dev/null
@@ -92,8 +93,8 @@ chmod +x "$workload"
 
 # --- native --------------------------------------------------------------------------------------
 log "native: bridge + agent on this host, ${seconds} s of workload"
-"$recorder" --listen "unix://$out/native/bridge.sock" --record "$out/native.jbr" --native \
-    >"$out/native/bridge.log" 2>&1 &
+"$bridge" serve --listen "unix://$out/native/bridge.sock" --record "$out/native.jbr" \
+    --no-live --no-metrics --power estimate --vm-name '*' >"$out/native/bridge.log" 2>&1 &
 bridge_pid=$!
 pids+=("$bridge_pid")
 for _ in $(seq 1 100); do [[ -S $out/native/bridge.sock ]] && break; sleep 0.1; done
@@ -121,8 +122,10 @@ scripts/debian/build-debian-image.sh --update --out "$image_dir" --agent "$stati
 log "vm: booting (accel $accel, $cpus vCPUs), ${seconds} s of workload once it runs"
 run=$out/vm/run
 mkdir -p "$run"
-"$recorder" --listen "unix://$run/vm.vsock_7777" --record "$out/vm.jbr" \
-    --vm-pid-file "$run/qemu.pid" >"$out/vm/bridge.log" 2>&1 &
+# QEMU's process name (at most 15 bytes): unique to this script while it runs.
+qemu_name=jb-cmp-$$
+"$bridge" serve --listen "unix://$run/vm.vsock_7777" --record "$out/vm.jbr" \
+    --no-live --no-metrics --power estimate --vm-name "$qemu_name" >"$out/vm/bridge.log" 2>&1 &
 bridge_pid=$!
 pids+=("$bridge_pid")
 for _ in $(seq 1 100); do [[ -S $run/vm.vsock_7777 ]] && break; sleep 0.1; done
@@ -133,7 +136,7 @@ mkfifo "$run/console.in"
 sleep 100000 >"$run/console.in" &
 pids+=("$!")
 scripts/debian/boot-qemu-linux.sh --image-dir "$image_dir" --run-dir "$run" --snapshot \
-    --accel "$accel" --cpus "$cpus" --mem 2048 <"$run/console.in" >"$out/vm/console.log" 2>&1 &
+    --accel "$accel" --cpus "$cpus" --mem 2048 --process-name "$qemu_name" <"$run/console.in" >"$out/vm/console.log" 2>&1 &
 boot_pid=$!
 pids+=("$boot_pid")
 started=0

@@ -11,13 +11,15 @@
 //!
 //! The host ends the run once it has recorded enough samples (the guest's stop switch, see
 //! `scripts/vm/stop-guest.sh`), so the test does not depend on how fast TCG emulates on a busy
-//! machine. Host power comes from the bridge's estimate source (`run_power` with
-//! [`SourceChoice::Estimate`]: no sensor on the CI machines), with "the VM" pinned to this QEMU's
-//! pid so other QEMUs on the machine do not count; its readings join the recording's entries in
-//! time order, as the bridge's recorder would interleave them. The attribution must give the
-//! burning cgroup the share of the VM's energy its CPU time earns (nearly all of it), the idle
-//! cgroup next to none, and conserve energy exactly in µJ in every window and in the totals. The
-//! guest's own final `cpu.stat` (printed on its console) checks the recorded counters.
+//! machine. Host power is recorded by the bridge itself, as `serve --power estimate --vm-name
+//! <name>` does (no sensor on the CI machines): the bridge is bound before QEMU starts, so "the
+//! VM" cannot be given by pid; instead QEMU gets a process name unique to this test process
+//! (`boot-qemu.sh --process-name`, QEMU's `-name ...,process=`) and the estimate source selects
+//! that name, so other QEMUs on the machine do not count. Live attribution runs on the bridge as
+//! in `serve`, and must agree exactly with the attribution of the recording. The attribution must
+//! give the burning cgroup the share of the VM's energy its CPU time earns (nearly all of it),
+//! the idle cgroup next to none, and conserve energy exactly in µJ in every window and in the
+//! totals. The guest's own final `cpu.stat` (printed on its console) checks the recorded counters.
 //!
 //! Needs: `scripts/vm/setup-rig.sh` (QEMU, busybox-static, the cloud kernel, vhost-device-vsock;
 //! `.ci/run` runs it through `scripts/test.sh`). The test runs it too (idempotent, about a second
@@ -29,14 +31,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use host_bridge::cli::PowerArgs;
+use host_bridge::commands::live_attribution;
 use host_bridge::config::{Config, ListenEndpoint};
-use host_bridge::pipeline::{self, PipelineConfig};
+use host_bridge::pipeline::{self, Engine, PipelineConfig, WindowReport};
 use host_bridge::recording::{RecordEntry, RecordingReader};
+use host_bridge::report::model::Policy;
 use host_bridge::serve::Bridge;
-use host_bridge::sources::power::{
-    MonoClock, PowerConfig, PowerEvent, PowerOutputs, Provenance, SourceChoice, VmSelector,
-    run_power,
-};
+use host_bridge::sinks::prometheus::MetricsView;
+use host_bridge::sources::power::{PowerConfig, PowerSample, Provenance};
 use protocol::Message;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
@@ -55,6 +58,8 @@ const STOP_PORT: u32 = 9999;
 const SAMPLE_PERIOD_MS: u64 = 250;
 /// Samples recorded from the guest before the host ends the run: 8 s of sampling.
 const SAMPLES_WANTED: u64 = 32;
+/// Host power reading interval (`--power-interval-ms`): several readings per window.
+const POWER_INTERVAL_MS: u64 = 500;
 /// Attribution window: short, so the run yields several windows.
 const WINDOW: Duration = Duration::from_secs(2);
 /// Upper bound of the guest's run, should the stop switch never be pressed.
@@ -165,29 +170,49 @@ async fn wait_for_pid(path: &Path) -> Result<i64, String> {
     Err(format!("QEMU wrote no pid to {}", path.display()))
 }
 
-/// When an entry happened on the bridge's monotonic clock (which the power sources share).
-fn entry_time(entry: &RecordEntry) -> u64 {
-    match entry {
-        RecordEntry::Session(s) => s.mono.0,
-        RecordEntry::Guest { at, .. } => at.0,
-        RecordEntry::Power(p) => p.end.0,
-        RecordEntry::PowerGap { to, .. } => to.0,
-        // The selection comes first, before any reading.
-        RecordEntry::PowerSource { .. } => 0,
+/// The view the live attribution publishes after feeding `entries` one by one (what `serve`
+/// shows), recomputed from the recording.
+fn view_of(entries: &[RecordEntry], cfg: PipelineConfig) -> MetricsView {
+    let mut engine = Engine::new(cfg).expect("valid attribution settings");
+    let mut last: Option<WindowReport> = None;
+    let (mut kind, mut provenance) = ("none".to_string(), Provenance::Estimated);
+    for entry in entries {
+        if let RecordEntry::PowerSource {
+            kind: k,
+            provenance: p,
+            ..
+        } = entry
+        {
+            kind.clone_from(k);
+            provenance = *p;
+        }
+        if let Some(w) = engine.push(entry).pop() {
+            last = Some(w);
+        }
     }
+    MetricsView::from_ledger(
+        engine.ledger(),
+        engine.quality(),
+        last.as_ref(),
+        &kind,
+        provenance.into(),
+        Policy::from(cfg.policy),
+    )
 }
 
-/// The recording's entries with the power source's, in time order (a stable merge: the
-/// session entry stays first, entries of one kind keep their order), as the recorder would
-/// have written them had it run the power source itself.
-fn interleave(recorded: Vec<RecordEntry>, power: Vec<RecordEntry>) -> Vec<RecordEntry> {
-    let mut all: Vec<RecordEntry> = recorded.into_iter().chain(power).collect();
-    all.sort_by_key(|e| match e {
-        RecordEntry::Session(_) => (0, 0),
-        RecordEntry::PowerSource { .. } => (1, 0),
-        other => (2, entry_time(other)),
-    });
-    all
+/// Processes whose name (`/proc/<pid>/comm`) is `name`.
+fn processes_named(name: &str) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
 }
 
 /// The guest's final `usage_usec` of a cgroup, from its console line
@@ -246,7 +271,17 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         .await
         .expect("the initramfs builds");
 
-    // 3. The real bridge, listening where vhost-device-vsock delivers guest port 7777.
+    // 3. The real bridge, listening where vhost-device-vsock delivers guest port 7777, with the
+    //    estimate power source and "the VM" being the process named `qemu_name` (≤ 15 bytes, the
+    //    length of a comm; unique to this test process), and live attribution attached.
+    let qemu_name = format!("jb-e2e-{}", std::process::id());
+    let power = PowerConfig::try_from(&PowerArgs {
+        source: "estimate".into(),
+        power_interval_ms: POWER_INTERVAL_MS,
+        vm_name: Some(qemu_name.clone()),
+        ..PowerArgs::default()
+    })
+    .expect("the power flags are valid");
     let recording = dir.path().join("run.jbr");
     let config = Config {
         listen: vec![ListenEndpoint::Unix(
@@ -258,8 +293,16 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         live: false,
         frame_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(120),
+        power: Some(power),
+    };
+    let cfg = PipelineConfig {
+        window: WINDOW,
+        ..PipelineConfig::default()
     };
     let mut bridge = Bridge::bind(config).await.expect("the bridge binds");
+    let live = live_attribution::attach(&mut bridge, &recording, cfg, None)
+        .await
+        .expect("live attribution attaches");
     let (entries_tx, mut entries_rx) = mpsc::channel::<Arc<RecordEntry>>(1024);
     bridge.add_lossless_observer(entries_tx);
     let (samples_tx, mut samples_rx) = watch::channel(0_u64);
@@ -288,50 +331,31 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         .arg(dir.path())
         .arg("--timeout")
         .arg(QEMU_TIMEOUT_S.to_string())
+        .arg("--process-name")
+        .arg(&qemu_name)
         .spawn()
         .expect("boot-qemu.sh starts");
     let mut guard = BootGuard(boot.id());
     let console_path = dir.path().join("console.log");
     let console_now = || std::fs::read_to_string(&console_path).unwrap_or_default();
 
-    // 5. Host power: the estimate source, "the VM" being this QEMU (it writes its pid early,
-    //    before the guest kernel runs, so no guest sample predates the power readings).
+    // 5. The name picks this QEMU and nothing else (QEMU names itself before the guest runs).
     let qemu_pid = wait_for_pid(&dir.path().join("qemu.pid"))
         .await
         .unwrap_or_else(|e| panic!("{e}; console:\n{}", console_now()));
-    let power_config = PowerConfig {
-        choice: SourceChoice::Estimate,
-        linux_vm: VmSelector::Pid(qemu_pid),
-        ..PowerConfig::default()
-    };
-    let (power_out, mut power_rx, mut event_rx) = PowerOutputs::channel(64);
-    let power_cancel = CancellationToken::new();
-    let power_task = tokio::spawn(run_power(
-        power_config,
-        MonoClock::new(),
-        power_out,
-        power_cancel.clone(),
-    ));
-    // Both channels are drained as they fill (a source blocks on a full channel).
-    let power_collector = tokio::spawn(async move {
-        let mut entries = Vec::new();
-        loop {
-            tokio::select! {
-                Some(sample) = power_rx.recv() => entries.push(RecordEntry::Power(sample)),
-                Some(event) = event_rx.recv() => {
-                    if let PowerEvent::SourceSelected { kind, reason } = event {
-                        entries.push(RecordEntry::PowerSource {
-                            kind: kind.as_str().to_string(),
-                            reason,
-                            provenance: Provenance::Estimated,
-                        });
-                    }
-                }
-                else => break,
-            }
+    let mut named = Vec::new();
+    for _ in 0..100 {
+        named = processes_named(&qemu_name);
+        if !named.is_empty() {
+            break;
         }
-        entries
-    });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        named,
+        vec![qemu_pid],
+        "exactly this QEMU is named {qemu_name}"
+    );
 
     // 6. Let the guest run until the bridge has recorded enough samples, then stop it.
     let enough = tokio::time::timeout(
@@ -360,20 +384,17 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         "boot-qemu.sh failed ({status}); console:\n{console}"
     );
 
-    // 7. Stop the power source and the bridge (it closes connections, drains the recorder and
-    //    syncs the file).
-    power_cancel.cancel();
-    power_task
-        .await
-        .expect("power task")
-        .expect("the estimate source stops cleanly");
-    let power_entries = power_collector.await.expect("power collector");
+    // 7. Stop the bridge (it stops its power source, closes connections, drains the recorder
+    //    and syncs the file), then let the live attribution drain.
     shutdown.cancel();
     bridge_task
         .await
         .expect("bridge task")
         .expect("the bridge stops cleanly");
     counter.await.expect("sample counter");
+    let live_view_rx = live.view.clone();
+    live.stop().await.expect("live attribution stops");
+    let live_view: Arc<MetricsView> = Arc::clone(&live_view_rx.borrow());
 
     // 8. What the guest says it did (ground truth from its cgroups, read after the agent).
     let burn_truth = console_usage_usec(&console, "burn")
@@ -429,29 +450,49 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         "the workload misbehaved: idle used {idle_truth} µs, burn {burn_truth} µs"
     );
 
-    // 10. Attribution: the recording with the host power readings of the same run.
-    assert!(
-        power_entries
-            .iter()
-            .filter(|e| matches!(e, RecordEntry::Power(_)))
-            .count()
-            >= 3,
-        "the estimate source produced readings: {power_entries:?}"
-    );
-    // Should the bridge record power itself one day, its readings are used as they are.
-    let bridge_recorded_power = rec
+    // 10. Host power, recorded by the bridge: one source selection (the estimate, labelled
+    //     estimated), before its readings.
+    let sources: Vec<(usize, &str, Provenance)> = rec
         .entries
         .iter()
-        .any(|e| matches!(e, RecordEntry::Power(_)));
-    let entries = if bridge_recorded_power {
-        rec.entries
-    } else {
-        interleave(rec.entries, power_entries)
-    };
-    let cfg = PipelineConfig {
-        window: WINDOW,
-        ..PipelineConfig::default()
-    };
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            RecordEntry::PowerSource {
+                kind, provenance, ..
+            } => Some((i, kind.as_str(), *provenance)),
+            _ => None,
+        })
+        .collect();
+    let readings: Vec<(usize, &PowerSample)> = rec
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            RecordEntry::Power(p) => Some((i, p)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sources.iter().map(|s| (s.1, s.2)).collect::<Vec<_>>(),
+        vec![("estimate", Provenance::Estimated)],
+        "exactly one power source selection, the estimate"
+    );
+    assert!(
+        readings.len() >= 3,
+        "the bridge recorded {} power readings",
+        readings.len()
+    );
+    assert!(
+        readings.iter().all(|(i, p)| *i > sources[0].0
+            && p.provenance == Provenance::Estimated
+            && p.energy.0 > 0),
+        "every reading follows the selection, is estimated and has energy: {readings:?}"
+    );
+    let power_readings = readings.len();
+    drop((sources, readings));
+    let entries = rec.entries;
+
+    // 11. Attribution of the recording.
     let attribution = pipeline::attribute_recording(&entries, cfg).expect("attribution");
     assert!(
         attribution.windows.len() >= 2,
@@ -503,6 +544,41 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         totals.guest_uj > 0 && totals.busy_us > 0,
         "the VM got energy and CPU time: {attribution:#?}"
     );
+    // The live attribution (what `serve` showed and served on /metrics) agrees with the
+    // recording: the same view recomputed from it, and the energy of the same windows.
+    let offline = view_of(&entries, cfg);
+    let live_windows = usize::try_from(live_view.windows).expect("a window count fits usize");
+    let live_burn_uj = live_view
+        .containers
+        .iter()
+        .find(|c| c.labels.container_id == "burn")
+        .map_or(0, |c| c.energy_uj);
+    eprintln!(
+        "vm_e2e: live view {} windows, host {} µJ, burn {live_burn_uj} µJ, source {} ({}); \
+         recomputed {} windows, host {} µJ; {power_readings} power readings recorded",
+        live_view.windows,
+        live_view.host_energy_uj,
+        live_view.source_kind,
+        live_view.provenance.as_str(),
+        offline.windows,
+        offline.host_energy_uj,
+    );
+    assert!(
+        live_windows >= 2 && live_burn_uj > 0,
+        "the live attribution closed windows and gave burn energy: {live_view:#?}"
+    );
+    assert_eq!(*live_view, offline, "live view vs the recording's");
+    assert_eq!(live_view.source_kind, "estimate");
+    assert!(live_windows <= attribution.windows.len());
+    assert_eq!(
+        live_view.host_energy_uj,
+        attribution.windows[..live_windows]
+            .iter()
+            .map(|w| w.energy.0)
+            .sum::<u64>(),
+        "the live host energy is that of the recording's first {live_windows} windows"
+    );
+
     let (burn_share, cpu_share) = totals.burn_shares();
     #[allow(clippy::cast_precision_loss)] // a share of µJ totals, for a tolerance check
     let idle_share = totals.idle_uj as f64 / totals.guest_uj as f64;

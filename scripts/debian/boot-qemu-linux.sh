@@ -5,6 +5,10 @@
 #
 #   scripts/debian/boot-qemu-linux.sh [--image-dir target/debian-vm] [--run-dir DIR] [--port 7777]
 #       [--accel kvm|tcg] [--cpus 2] [--mem 2048] [--snapshot] [--vsock auto|vhost|vhost-user]
+#       [--process-name NAME]
+#
+# --process-name names the QEMU process (`-name ...,process=NAME`, at most 15 bytes: its
+# /proc/<pid>/comm), so the bridge can pick this VM with `serve --vm-name NAME` before it runs.
 #
 # vsock backends:
 #   vhost       /dev/vhost-vsock exists (module vhost_vsock): -device vhost-vsock-pci,guest-cid=3.
@@ -28,7 +32,7 @@ usage() { awk 'NR > 1 && /^#/ { if (!/^# shellcheck/) { sub(/^# ?/, ""); print }
 log() { printf 'boot-qemu-linux: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-image_dir=$repo_root/target/debian-vm run_dir='' port=7777 accel='' cpus=2 mem=2048 snapshot=0
+image_dir=$repo_root/target/debian-vm run_dir='' port=7777 accel='' cpus=2 mem=2048 snapshot=0 process_name=''
 vsock=auto
 while (($#)); do
     case $1 in
@@ -40,6 +44,7 @@ while (($#)); do
     --mem) mem=$2; shift 2 ;;
     --snapshot) snapshot=1; shift ;;
     --vsock) vsock=$2; shift 2 ;;
+    --process-name) process_name=$2; shift 2 ;;
     -h | --help) usage ;;
     *) die "unknown argument $1" ;;
     esac
@@ -62,6 +67,11 @@ qemu=(qemu-system-x86_64 -accel "$accel" -smp "$cpus" -nographic
     -drive "file=$image_dir/debian.qcow2,format=qcow2,if=virtio$( ((snapshot)) && echo ,snapshot=on)"
     -nic user,model=virtio-net-pci -pidfile "$run_dir/qemu.pid")
 [[ $accel == kvm ]] && qemu+=(-cpu host)
+if [[ -n $process_name ]]; then
+    ((${#process_name} <= 15)) || die "--process-name $process_name is longer than 15 bytes"
+    [[ $process_name != *,* ]] || die "--process-name $process_name contains a comma"
+    qemu+=(-name "debian,process=$process_name")
+fi
 
 vhost_pid=''
 cleanup() {

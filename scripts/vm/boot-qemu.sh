@@ -6,7 +6,11 @@
 # guest connect to a port nobody listens on times out after about 2 s).
 #
 #   scripts/vm/boot-qemu.sh --initrd <file> --dir <run dir> [--timeout S] [--mem MB]
-#                           [--append "kernel args"] [--console]
+#                           [--append "kernel args"] [--console] [--process-name NAME]
+#
+# --process-name sets QEMU's process name (`-name ...,process=NAME`, at most 15 bytes: what
+# /proc/<pid>/comm shows), so a power source can pick this QEMU by name among others
+# (`serve --vm-name NAME`) before its pid is known.
 #
 # Files in <dir>: vhost.socket (QEMU <-> vhost-device-vsock), vm.vsock (host -> guest, unused),
 # vm.vsock_<P> (yours), console.log (guest serial console), vhost-device-vsock.log, qemu.pid.
@@ -22,7 +26,7 @@ cache=${JB_VM_RIG_CACHE:-$repo_root/target/vm-rig-cache}
 usage() { awk 'NR > 1 && /^#/ { if (!/^# shellcheck/) { sub(/^# ?/, ""); print } next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 die() { printf 'boot-qemu: error: %s\n' "$*" >&2; exit 1; }
 
-initrd='' dir='' timeout_s=120 mem=256 append='' console=0
+initrd='' dir='' timeout_s=120 mem=256 append='' console=0 process_name=''
 while (($#)); do
     case $1 in
     --initrd) initrd=$2; shift 2 ;;
@@ -31,6 +35,7 @@ while (($#)); do
     --mem) mem=$2; shift 2 ;;
     --append) append=$2; shift 2 ;;
     --console) console=1; shift ;;
+    --process-name) process_name=$2; shift 2 ;;
     -h | --help) usage ;;
     *) die "unknown argument $1" ;;
     esac
@@ -38,6 +43,10 @@ done
 [[ -n $initrd && -n $dir ]] || usage
 [[ -f $initrd ]] || die "no initrd $initrd"
 [[ -d $dir ]] || die "no run dir $dir"
+if [[ -n $process_name ]]; then
+    ((${#process_name} <= 15)) || die "--process-name $process_name is longer than 15 bytes"
+    [[ $process_name != *,* ]] || die "--process-name $process_name contains a comma"
+fi
 [[ -f $cache/rig.env ]] || die "no $cache/rig.env: run scripts/vm/setup-rig.sh first"
 # shellcheck source=/dev/null
 source "$cache/rig.env"
@@ -84,6 +93,7 @@ qemu_args=(
     # QEMU's own pid, for whoever needs "the VM process" (the bridge's power source).
     -pidfile "$dir/qemu.pid"
 )
+if [[ -n $process_name ]]; then qemu_args+=(-name "rig,process=$process_name"); fi
 timeout --kill-after=5 "$timeout_s" "$JB_RIG_QEMU" "${qemu_args[@]}" </dev/null \
     >"$dir/console.log" 2>&1 &
 qemu_pid=$!
