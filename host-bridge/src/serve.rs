@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::recording::RecordEntry;
+use crate::sinks::prometheus::BridgeStats;
 use crate::sinks::recorder::{Observers, Record, Recorder, RecorderHandle, RecorderStats};
 use crate::sources::guest::connection::ConnectionContext;
 use crate::sources::guest::listener::{self, GuestListener};
@@ -43,6 +44,7 @@ pub struct Bridge {
     listeners: Vec<GuestListener>,
     recorder: Recorder,
     observers: Observers,
+    stats: Arc<BridgeStats>,
 }
 
 impl Bridge {
@@ -68,6 +70,7 @@ impl Bridge {
             listeners,
             recorder,
             observers: Observers::default(),
+            stats: Arc::new(BridgeStats::default()),
         })
     }
 
@@ -84,6 +87,13 @@ impl Bridge {
     #[must_use]
     pub fn recording_path(&self) -> PathBuf {
         self.recorder.path()
+    }
+
+    /// The bridge's own counters, kept by the connection tasks (what `/metrics` exposes as
+    /// `joulebridge_frames_rejected_total`, `joulebridge_agent_connections_open`, …).
+    #[must_use]
+    pub fn stats(&self) -> Arc<BridgeStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Counters of the recorder.
@@ -111,6 +121,7 @@ impl Bridge {
             listeners,
             recorder,
             observers,
+            stats,
         } = self;
         info!(
             recording = %recorder.path().display(),
@@ -132,6 +143,7 @@ impl Bridge {
             auth_token: config.auth_token.clone(),
             frame_timeout: config.frame_timeout,
             idle_timeout: config.idle_timeout,
+            stats,
         });
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let next_conn = Arc::new(AtomicU64::new(1));

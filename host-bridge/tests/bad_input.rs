@@ -285,3 +285,229 @@ async fn extra_peers_are_told_busy_and_wrong_tokens_unauthorized() {
         .expect("bridge task")
         .expect("bridge ends cleanly");
 }
+
+/// One sample of a label-less metric in a `/metrics` body.
+fn metric(body: &str, name: &str) -> u64 {
+    let line = body
+        .lines()
+        .find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"));
+    let (_, value) = line.split_once(' ').expect("name value");
+    // Rendered as a float of a whole number ("3.0").
+    value
+        .strip_suffix(".0")
+        .unwrap_or(value)
+        .parse()
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect /metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Scrape until `name` reads `want` (a task's end lands just after its socket closes).
+async fn scrape_until(addr: std::net::SocketAddr, name: &str, want: u64) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let body = scrape(addr).await;
+        if metric(&body, name) == want || Instant::now() >= deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The bridge's own counters on `/metrics`: every rejected frame counts once, refusals at
+/// the cap count apart, and the open-connections gauge follows the live agent back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_and_open_connections_are_counted_on_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("bridge.sock");
+    let record = dir.path().join("rec.jbr");
+    let config = host_bridge::config::Config {
+        listen: vec![host_bridge::config::ListenEndpoint::Unix(socket.clone())],
+        record: record.clone(),
+        max_connections: 1,
+        auth_token: Some("s3cret".into()),
+        live: false,
+        frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS),
+        idle_timeout: Duration::from_secs(60),
+        power: None,
+    };
+    let attribution = host_bridge::commands::AttributionArgs {
+        policy: host_bridge::commands::PolicyArg::Exclude,
+        window: 5.0,
+        idle_watts: None,
+        grid_intensity: None,
+    };
+    let mut bridge = host_bridge::serve::Bridge::bind(config)
+        .await
+        .expect("bridge binds");
+    let live = host_bridge::commands::live_attribution::attach(
+        &mut bridge,
+        &record,
+        attribution.pipeline_config().expect("pipeline settings"),
+        Some(host_bridge::commands::live_attribution::MetricsBind {
+            addr: "127.0.0.1:0".parse().expect("address"),
+            required: true,
+        }),
+    )
+    .await
+    .expect("live attribution attaches");
+    let addr = live.metrics_addr.expect("metrics are served");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(bridge.run(async {
+        let _stopped = stopped.await;
+    }));
+
+    let body = scrape(addr).await;
+    assert_eq!(metric(&body, "joulebridge_frames_rejected_total"), 0);
+    assert_eq!(metric(&body, "joulebridge_agent_connections_open"), 0);
+
+    // Every kind of frame the bridge refuses, each on its own connection.
+    let mut garbage = vec![0, 0, 0, 12];
+    garbage.extend_from_slice(&[0xff; 12]);
+    let mut ping = BytesMut::new();
+    let first_ping = Message::Ping(protocol::Ping {
+        id: 1,
+        guest_send: MonoNanos(1),
+        prev_pong: None,
+    });
+    codec::encode_frame(&first_ping, &mut ping).expect("encode");
+    let bad: [(&str, Vec<u8>, bool, ErrorCode); 6] = [
+        ("garbage", garbage, false, ErrorCode::MalformedFrame),
+        (
+            "oversize prefix",
+            vec![0xff, 0xff, 0xff, 0xff],
+            true,
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "v99 Hello",
+            hello_v99(),
+            false,
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            "Ping first",
+            ping.to_vec(),
+            false,
+            ErrorCode::UnexpectedMessage,
+        ),
+        (
+            "wrong token",
+            hello_frame(protocol::PROTOCOL_VERSION, Some("guess".into())),
+            false,
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "stalled mid-frame",
+            vec![0, 0, 0, 40, 1, 2],
+            true,
+            ErrorCode::MalformedFrame,
+        ),
+    ];
+    // A refused peer's slot frees just after its socket closes: peers told Busy meanwhile
+    // are counted apart, and retried.
+    let mut busy = 0;
+    for (what, bytes, hold_open, want) in &bad {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (code, message) = error_in(&exchange(&socket, bytes, *hold_open).await);
+            if code == ErrorCode::Busy && Instant::now() < deadline {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            assert_eq!(code, *want, "{what}: {message}");
+            break;
+        }
+    }
+    let body = scrape_until(addr, "joulebridge_agent_connections_open", 0).await;
+    assert_eq!(
+        metric(&body, "joulebridge_frames_rejected_total"),
+        u64::try_from(bad.len()).expect("small"),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "joulebridge_agent_connections_open"), 0);
+    assert_eq!(
+        metric(&body, "joulebridge_agent_connections_refused_total"),
+        busy
+    );
+
+    // A live agent holds the only slot: the gauge reads 1, and the next peer is refused.
+    let deadline = Instant::now() + DEADLINE;
+    let holder = loop {
+        let mut holder = UnixStream::connect(&socket).await.expect("connect");
+        let hello = hello_frame(protocol::PROTOCOL_VERSION, Some("s3cret".into()));
+        holder.write_all(&hello).await.expect("write");
+        let mut ping = BytesMut::new();
+        codec::encode_frame(&first_ping, &mut ping).expect("encode");
+        holder.write_all(&ping).await.expect("write");
+        let mut reply = BytesMut::new();
+        let first = loop {
+            if let Some(payload) = codec::split_frame(&mut reply).expect("valid frame") {
+                break codec::decode_payload::<Message>(&payload).expect("decodes");
+            }
+            let n = tokio::time::timeout(DEADLINE, holder.read_buf(&mut reply))
+                .await
+                .expect("answered in time")
+                .expect("read");
+            assert!(n > 0, "the bridge closed the holder without a word");
+        };
+        match first {
+            Message::Pong(pong) => {
+                assert_eq!(pong.id, 1);
+                break holder;
+            }
+            Message::Error(e) if e.code == ErrorCode::Busy && Instant::now() < deadline => {
+                busy += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("expected the holder's Ping answered, got {other:?}"),
+        }
+    };
+    let (code, message) = error_in(&exchange(&socket, &[], false).await);
+    assert_eq!(code, ErrorCode::Busy, "{message}");
+    busy += 1;
+    let body = scrape(addr).await;
+    assert_eq!(
+        metric(&body, "joulebridge_agent_connections_open"),
+        1,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "joulebridge_agent_connections_refused_total"),
+        busy
+    );
+    assert_eq!(
+        metric(&body, "joulebridge_frames_rejected_total"),
+        u64::try_from(bad.len()).expect("small"),
+        "a refusal at the cap is no rejected frame"
+    );
+
+    // The agent leaves: the gauge goes back to 0.
+    drop(holder);
+    let body = scrape_until(addr, "joulebridge_agent_connections_open", 0).await;
+    assert_eq!(
+        metric(&body, "joulebridge_agent_connections_open"),
+        0,
+        "{body}"
+    );
+
+    let _sent = stop.send(());
+    task.await
+        .expect("bridge task")
+        .expect("bridge ends cleanly");
+    live.stop().await.expect("live attribution stops");
+}

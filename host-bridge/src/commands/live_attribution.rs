@@ -23,7 +23,7 @@ use crate::recording::{RecordEntry, RecordingReader};
 use crate::report::model::{Policy, Provenance};
 use crate::serve::Bridge;
 use crate::sinks::live;
-use crate::sinks::prometheus::{self, BridgeStats, MetricsEndpoint, MetricsView};
+use crate::sinks::prometheus::{self, MetricsEndpoint, MetricsView};
 
 /// Entries queued between the recorder and the engine. Lossless: when full the recorder
 /// waits (and with it the agents' acks), so the ledger never misses an entry.
@@ -117,7 +117,7 @@ pub async fn attach(
             last = Some(w);
         }
     }
-    let stats = Arc::new(BridgeStats::default());
+    let stats = bridge.stats();
     let view = move |engine: &Engine, last: Option<&WindowReport>, kind: &str, p: Provenance| {
         Arc::new(MetricsView::from_ledger(
             engine.ledger(),

@@ -190,7 +190,15 @@ pub const FRAMES_REJECTED: MetricDef = MetricDef {
     base: "joulebridge_frames_rejected",
     unit: None,
     kind: Kind::Counter,
-    help: "Frames from guest agents that were rejected (malformed, oversize, out of order).",
+    help: "Frames from guest agents that were rejected (malformed, oversize, stalled, \
+           unsupported version, unexpected, unauthorized); each closes its connection.",
+};
+/// Connections refused at the connection cap.
+pub const CONNECTIONS_REFUSED: MetricDef = MetricDef {
+    base: "joulebridge_agent_connections_refused",
+    unit: None,
+    kind: Kind::Counter,
+    help: "Guest agent connections refused because the bridge was at --max-connections.",
 };
 /// Agent connections accepted.
 pub const CONNECTIONS: MetricDef = MetricDef {
@@ -229,7 +237,7 @@ pub const PROCESS_RSS: MetricDef = MetricDef {
 };
 
 /// Every metric this module can emit (a test checks each one appears).
-pub const METRICS: [MetricDef; 16] = [
+pub const METRICS: [MetricDef; 17] = [
     CONTAINER_ENERGY,
     CONTAINER_CPU,
     CONTAINER_POWER,
@@ -243,6 +251,7 @@ pub const METRICS: [MetricDef; 16] = [
     FRAMES_REJECTED,
     CONNECTIONS,
     CONNECTIONS_OPEN,
+    CONNECTIONS_REFUSED,
     PROCESS_CPU,
     PROCESS_MAX_RSS,
     PROCESS_RSS,
@@ -476,8 +485,10 @@ pub struct BridgeStats {
     pub frames_rejected: AtomicU64,
     /// Connections accepted.
     pub connections_accepted: AtomicU64,
-    /// Connections open now.
+    /// Connections open now (served by a connection task, handshake included).
     pub connections_open: AtomicU64,
+    /// Connections refused at the connection cap.
+    pub connections_refused: AtomicU64,
 }
 
 /// CPU and memory of this process.
@@ -697,6 +708,12 @@ impl Collector for LedgerCollector {
             &CONNECTIONS,
             None,
             &[(none(), load(&self.stats.connections_accepted))],
+        )?;
+        counter(
+            &mut encoder,
+            &CONNECTIONS_REFUSED,
+            None,
+            &[(none(), load(&self.stats.connections_refused))],
         )?;
         gauge(
             &mut encoder,

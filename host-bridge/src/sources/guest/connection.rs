@@ -10,8 +10,13 @@
 //! - A peer that stops inside a frame for `frame_timeout`, or sends nothing for
 //!   `idle_timeout`, is closed.
 //! - A bad peer ends its own task only.
+//!
+//! The bridge's own counters ([`BridgeStats`], rendered on `/metrics`) are kept here, where
+//! the outcomes are known: every rejected frame counts once in `frames_rejected`, and a drop
+//! guard keeps `connections_open` right on every exit path, early returns and panics included.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -28,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::listener::BoxedStream;
 use crate::clock;
 use crate::recording::RecordEntry;
+use crate::sinks::prometheus::BridgeStats;
 use crate::sinks::recorder::{Origin, Record, RecorderHandle, StreamKey};
 
 /// What every connection task shares.
@@ -41,6 +47,24 @@ pub struct ConnectionContext {
     pub frame_timeout: Duration,
     /// Longest silence between frames.
     pub idle_timeout: Duration,
+    /// The bridge's own counters (shared with `/metrics`).
+    pub stats: Arc<BridgeStats>,
+}
+
+/// Counts one open connection in a gauge for as long as it lives.
+struct OpenGuard<'a>(&'a AtomicU64);
+
+impl<'a> OpenGuard<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a connection ended abnormally.
@@ -186,6 +210,10 @@ pub async fn serve(
     ctx: &ConnectionContext,
     cancel: CancellationToken,
 ) {
+    let _open = OpenGuard::new(&ctx.stats.connections_open);
+    let rejected = || {
+        ctx.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+    };
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = FrameReader::new(read);
 
@@ -201,7 +229,9 @@ pub async fn serve(
             return;
         }
         Err(err) => {
-            reject_read_error(&mut write, &err).await;
+            if reject_read_error(&mut write, &err).await {
+                rejected();
+            }
             return;
         }
     };
@@ -210,6 +240,7 @@ pub async fn serve(
         Ok(hello) => hello,
         Err((code, message)) => {
             warn!(?code, reason = %message, "Rejected a peer at the handshake; closing.");
+            rejected();
             reject(&mut write, code, message).await;
             return;
         }
@@ -283,7 +314,9 @@ pub async fn serve(
                         return;
                     }
                     Err(err) => {
-                        reject_read_error(&mut write, &err).await;
+                        if reject_read_error(&mut write, &err).await {
+                            rejected();
+                        }
                         return;
                     }
                 };
@@ -293,6 +326,7 @@ pub async fn serve(
                     Err(err) => {
                         let why = format!("{:#}", anyhow::Error::new(err));
                         warn!(error = %why, "Malformed frame from agent; closing.");
+                        rejected();
                         reject(&mut write, ErrorCode::MalformedFrame, format!("could not decode frame: {why}")).await;
                         return;
                     }
@@ -331,6 +365,7 @@ pub async fn serve(
                     Message::Hello(_) | Message::Ack(_) | Message::Pong(_) => {
                         let why = format!("unexpected {} from an agent after Hello", kind(&message));
                         warn!(reason = %why, "Protocol violation; closing.");
+                        rejected();
                         reject(&mut write, ErrorCode::UnexpectedMessage, why).await;
                         return;
                     }
@@ -411,18 +446,29 @@ fn token_matches(given: Option<&str>, expected: &str) -> bool {
     diff == 0
 }
 
-async fn reject_read_error<W: AsyncWrite + Unpin>(write: &mut W, err: &ConnectionError) {
+/// Log a read failure and tell the peer; `true` when a frame was rejected (an oversize
+/// length prefix, or a frame stalled half-sent). Silence between frames, a peer closing
+/// mid-frame and socket errors end the connection without a rejected frame.
+async fn reject_read_error<W: AsyncWrite + Unpin>(write: &mut W, err: &ConnectionError) -> bool {
     match err {
         ConnectionError::TooLarge(cause) => {
             warn!(error = %cause, "Frame too large; closing.");
             reject(write, ErrorCode::FrameTooLarge, cause.to_string()).await;
+            true
         }
         ConnectionError::Stalled { .. } | ConnectionError::Idle { .. } => {
             warn!(error = %err, "Peer stalled; closing.");
             reject(write, ErrorCode::MalformedFrame, err.to_string()).await;
+            matches!(err, ConnectionError::Stalled { .. })
         }
-        ConnectionError::Truncated { .. } => warn!(error = %err, "Peer closed mid-frame."),
-        ConnectionError::Io(cause) => warn!(error = %cause, "Connection failed."),
+        ConnectionError::Truncated { .. } => {
+            warn!(error = %err, "Peer closed mid-frame.");
+            false
+        }
+        ConnectionError::Io(cause) => {
+            warn!(error = %cause, "Connection failed.");
+            false
+        }
     }
 }
 

@@ -236,6 +236,9 @@ pub async fn accept_loop(
                 );
             }
             Err(_) => {
+                ctx.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracker.spawn(reject_busy(stream).instrument(span));
             }
         }
