@@ -20,6 +20,11 @@
 //!   (5 files).
 //! - `sample/real_hybrid_cpu_100`, `sample/real_v1_cpu_100`: the same with
 //!   `CounterSet::CPU` (CPU time only): 1 file on hybrid, 2 on v1.
+//! - `sample/real_hybrid_cadence10_100`, `sample/real_v1_cadence10_100`: all counters with the
+//!   agent's default cadence (`--slow-counters-every 10`): CPU files every sample, memory, IO
+//!   and v1 throttling every 10th. One iteration is one sample, and the 100 containers share
+//!   one cadence, so criterion's mean over many iterations is the amortised cost (9 cheap
+//!   samples, 1 full one).
 //! - `pread_floor/<hierarchy>/<file>`: one bare `pread` of one real cgroup file in CPU time,
 //!   the kernel's price per file, which no reader can go below.
 //! - `proc_stat/read`: one `/proc/stat` read and parse (once per tick, not per container).
@@ -35,6 +40,7 @@
 
 use std::fs;
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -131,10 +137,13 @@ impl Drop for RealTree {
 fn tracked(
     mounts: CgroupMounts,
     counters: CounterSet,
+    slow_every: u32,
     tree: &RealTree,
     files_per_container: &str,
 ) -> CgroupSampler {
-    let mut sampler = CgroupSampler::new(mounts).with_counters(counters);
+    let mut sampler = CgroupSampler::new(mounts)
+        .with_counters(counters)
+        .with_slow_every(NonZeroU32::new(slow_every).unwrap());
     for n in 0..CONTAINERS {
         sampler.track(cid(n), &tree.rel(n)).unwrap();
     }
@@ -276,7 +285,7 @@ fn sampling(c: &mut Criterion) {
                 v2: Some(v2.clone()),
                 v1: V1Mounts::default(),
             };
-            let mut sampler = tracked(mounts, CounterSet::ALL, &tree, "1 file: cpu.stat");
+            let mut sampler = tracked(mounts, CounterSet::ALL, 1, &tree, "1 file: cpu.stat");
             bench_sampler(c, c_cpu, "real_unified_100", &mut sampler);
         }
         Err(err) => eprintln!("skipped sample/real_unified_100: {err}"),
@@ -305,33 +314,51 @@ fn sampling(c: &mut Criterion) {
                 v2: None,
                 v1: real.v1.clone(),
             };
-            for (name, mounts, counters, files) in [
+            for (name, mounts, counters, slow_every, files) in [
                 (
                     "real_hybrid_100",
                     &hybrid,
                     CounterSet::ALL,
+                    1,
                     "4 files: unified cpu.stat, v1 cpu.stat, memory.usage_in_bytes, blkio",
                 ),
                 (
                     "real_hybrid_cpu_100",
                     &hybrid,
                     CounterSet::CPU,
+                    1,
                     "1 file: unified cpu.stat",
+                ),
+                (
+                    "real_hybrid_cadence10_100",
+                    &hybrid,
+                    CounterSet::ALL,
+                    10,
+                    "1 file every sample (unified cpu.stat), 3 more every 10th",
                 ),
                 (
                     "real_v1_100",
                     &v1_only,
                     CounterSet::ALL,
+                    1,
                     "5 files: cpuacct.usage, cpuacct.stat, cpu.stat, memory, blkio",
                 ),
                 (
                     "real_v1_cpu_100",
                     &v1_only,
                     CounterSet::CPU,
+                    1,
                     "2 files: cpuacct.usage, cpuacct.stat",
                 ),
+                (
+                    "real_v1_cadence10_100",
+                    &v1_only,
+                    CounterSet::ALL,
+                    10,
+                    "2 files every sample (cpuacct.usage, cpuacct.stat), 3 more every 10th",
+                ),
             ] {
-                let mut sampler = tracked(mounts.clone(), counters, &tree, files);
+                let mut sampler = tracked(mounts.clone(), counters, slow_every, &tree, files);
                 bench_sampler(c, c_cpu, name, &mut sampler);
             }
             pread_floor(c_cpu, &tree);

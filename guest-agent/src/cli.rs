@@ -19,6 +19,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 1000)]
     pub sample_period_ms: u64,
 
+    /// Read the slow cgroup counters (memory, IO, v1 throttling) every N-th sample only; CPU
+    /// time is read every sample. In the samples between, memory and IO are sent as "not read"
+    /// and throttling repeats its last value. 1 = read everything every sample.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub slow_counters_every: u64,
+
     /// Unacknowledged samples kept for resending after a reconnect (3600 = one hour at 1 Hz).
     /// When full, the oldest is dropped: counters are cumulative, so this loses time resolution,
     /// never CPU time.

@@ -1,6 +1,7 @@
 //! The validated configuration of one agent process: the only place where defaults and flags
 //! meet. Every error names the flag, the value and what would have been accepted.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +16,10 @@ use crate::sources::docker::{DockerConfig, DockerEndpoint, DockerError};
 pub const MIN_SAMPLE_PERIOD: Duration = Duration::from_millis(10);
 /// Default spool capacity: one hour at the default 1 Hz.
 pub const DEFAULT_SPOOL_CAPACITY: usize = 3600;
+/// Default of `--slow-counters-every`: memory, IO and v1 throttling every 10th sample.
+pub const DEFAULT_SLOW_COUNTERS_EVERY: u32 = 10;
+/// Largest `--slow-counters-every` accepted.
+pub const MAX_SLOW_COUNTERS_EVERY: u32 = 3600;
 /// First reconnect delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest reconnect delay.
@@ -50,6 +55,8 @@ pub struct Config {
     pub stream: StreamConfig,
     /// Sampling period.
     pub sample_period: Duration,
+    /// Memory, IO and v1 throttling are read every this many samples (CPU time every sample).
+    pub slow_counters_every: NonZeroU32,
     /// Cgroups named by the user (relative paths).
     pub cgroups: Vec<String>,
     /// Whether container cgroups are discovered.
@@ -122,6 +129,15 @@ impl TryFrom<Cli> for Config {
                 expected: "at least 1 sample",
             });
         }
+        let slow_counters_every = u32::try_from(cli.slow_counters_every)
+            .ok()
+            .filter(|n| *n <= MAX_SLOW_COUNTERS_EVERY)
+            .and_then(NonZeroU32::new)
+            .ok_or(ConfigError::OutOfRange {
+                flag: "--slow-counters-every",
+                value: cli.slow_counters_every,
+                expected: "accepted values are 1..=3600 samples (1 = read memory and IO every sample)",
+            })?;
         if cli.ping_interval_s == 0 {
             return Err(ConfigError::OutOfRange {
                 flag: "--ping-interval-s",
@@ -161,6 +177,7 @@ impl TryFrom<Cli> for Config {
                 auth_token: cli.auth_token,
             },
             sample_period,
+            slow_counters_every,
             cgroups: cli.cgroups,
             discover: !cli.no_discover,
             root: cli.root,
@@ -214,7 +231,32 @@ mod tests {
         assert_eq!(cfg.stream.endpoint, Endpoint::Vsock { cid: 2, port: 7777 });
         assert_eq!(cfg.stream.spool_capacity, DEFAULT_SPOOL_CAPACITY);
         assert_eq!(cfg.sample_period, Duration::from_secs(1));
+        assert_eq!(cfg.slow_counters_every.get(), DEFAULT_SLOW_COUNTERS_EVERY);
         assert!(cfg.docker.is_some());
+    }
+
+    #[test]
+    fn config_slow_counters_every_accepts_1_to_max_and_names_the_flag() {
+        let parse = |n: &str| {
+            let cli = Cli::try_parse_from(["guest-agent", "--slow-counters-every", n]).unwrap();
+            Config::try_from(cli)
+        };
+        assert_eq!(parse("1").unwrap().slow_counters_every.get(), 1);
+        assert_eq!(
+            parse("3600").unwrap().slow_counters_every.get(),
+            MAX_SLOW_COUNTERS_EVERY
+        );
+        for bad in ["0", "3601", "99999999999"] {
+            let err = parse(bad).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ConfigError::OutOfRange { .. })
+                    && text.contains("--slow-counters-every")
+                    && text.contains(bad)
+                    && text.contains("1..=3600"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

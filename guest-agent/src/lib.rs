@@ -55,9 +55,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let discover = config.discover;
     let explicit = config.cgroups.clone();
     let period = config.sample_period;
+    let slow_every = config.slow_counters_every;
     let setup_proc_root = proc_root.clone();
     let (sampling, ident) = tokio::task::spawn_blocking(move || {
-        let sampling = Sampling::open(&root, &setup_proc_root, discover, &explicit, period)?;
+        let sampling = Sampling::open(
+            &root,
+            &setup_proc_root,
+            discover,
+            &explicit,
+            period,
+            slow_every,
+        )?;
         let ident = pipeline::read_identity(&setup_proc_root)?;
         Ok::<_, pipeline::PipelineError>((sampling, ident))
     })

@@ -12,6 +12,7 @@
 //!
 //! Sequence numbers count samples *taken*, so a drop anywhere shows as a gap at the bridge.
 
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,7 +90,8 @@ enum TrackOp {
 
 impl Sampling {
     /// Opens the mount table under `root`, `/proc/stat` under `proc_root`, and registers the
-    /// explicit cgroups. Blocking: call from `spawn_blocking`.
+    /// explicit cgroups; the slow cgroup counters are read every `slow_every` samples.
+    /// Blocking: call from `spawn_blocking`.
     ///
     /// # Errors
     /// [`PipelineError`] when the mounts or `/proc/stat` cannot be read, or a `--cgroup` path is
@@ -100,9 +102,10 @@ impl Sampling {
         discover: bool,
         explicit: &[String],
         period: Duration,
+        slow_every: NonZeroU32,
     ) -> Result<Self, PipelineError> {
         let mounts = CgroupMounts::discover(root).map_err(PipelineError::Mounts)?;
-        let mut cgroups = CgroupSampler::new(mounts);
+        let mut cgroups = CgroupSampler::new(mounts).with_slow_every(slow_every);
         if discover {
             for path in explicit {
                 cgroups

@@ -157,9 +157,14 @@ pub struct ContainerCounters {
     pub id: String,
     /// cgroup CPU accounting.
     pub cpu: CpuCounters,
-    /// `memory.current` (v2) or `memory.usage_in_bytes` (v1); a gauge.
+    /// `memory.current` (v2) or `memory.usage_in_bytes` (v1); a gauge. `None` when the
+    /// memory controller is absent, or when the agent did not read it in this sample: it reads
+    /// memory and IO only every N-th sample (`--slow-counters-every`), so a consumer keeps the
+    /// last `Some` value it saw rather than taking `None` as zero.
     pub memory_current: Option<Bytes>,
-    /// Cumulative block IO, summed over devices.
+    /// Cumulative block IO, summed over devices. `None` when the IO controller is absent, or
+    /// when the agent did not read it in this sample (see `memory_current`): the next `Some`
+    /// carries everything since, so deltas are taken between `Some` values.
     pub io: Option<IoCounters>,
     /// CPU limit in millicores from `cpu.max` (v2) or `cpu.cfs_quota_us` (v1); `None` = none.
     pub cpu_limit_millicores: Option<u32>,
@@ -174,7 +179,9 @@ pub struct CpuCounters {
     pub user: CpuMicros,
     /// `system_usec` (v2) or `cpuacct.stat system` ticks in µs (v1).
     pub system: CpuMicros,
-    /// `nr_periods` (zero without the cpu controller).
+    /// `nr_periods` (zero without the cpu controller). The throttling fields are cumulative in
+    /// every sample: where the agent reads them less often (v1 `cpu.stat`, every N-th sample),
+    /// the samples between repeat the last value read, so they never go backwards.
     pub nr_periods: u64,
     /// `nr_throttled`.
     pub nr_throttled: u64,

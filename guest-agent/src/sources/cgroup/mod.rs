@@ -17,6 +17,14 @@
 //! v2, pure v1 (combined `cpu,cpuacct` or separate mounts) and hybrid hosts, where the unified
 //! hierarchy has `cpu.stat` but memory, IO and throttling live in v1 controllers.
 //!
+//! Cadence: CPU time is what attribution needs every tick; memory (a gauge) and IO and v1
+//! throttling (cumulative) lose nothing when read less often, and every file costs a kernfs
+//! render. So the "slow" files ([`read::CounterKind::is_slow`]) are read on a container's first
+//! sample and then every [`CgroupSampler::with_slow_every`]-th: in between, `memory_current` and
+//! `io` are `None` ("not read this sample", not "absent"), and v1 throttling repeats the last
+//! value read so the cumulative counters never go backwards. [`CgroupSampler::sample_one`]
+//! (the final sample of a stopping container) reads everything.
+//!
 //! Expected conditions are not errors: a missing optional file gives `None`; a container whose
 //! cgroup disappears (it stopped) is dropped from tracking and listed in the report.
 
@@ -25,9 +33,10 @@ mod mountinfo;
 mod read;
 
 use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use protocol::{CgroupMode, ContainerCounters};
+use protocol::{CgroupMode, ContainerCounters, CpuCounters, CpuMicros};
 
 pub use layout::{Found, MAX_DEPTH, container_id, normalize};
 pub use mountinfo::{CgroupMounts, V1Mounts};
@@ -186,6 +195,42 @@ struct Tracked {
     files: Vec<CounterFile>,
     /// Read once when tracked.
     cpu_limit_millicores: Option<u32>,
+    /// Samples left before the next one that reads the slow files; 0 = this one does.
+    slow_countdown: u32,
+    /// Whether throttling comes from a slow file (v1 `cpu.stat`) and must be repeated.
+    slow_throttling: bool,
+    /// The throttling counters of the last read of that file.
+    last_throttling: Throttling,
+}
+
+/// The cumulative CFS throttling counters, kept between reads of a slow v1 `cpu.stat`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Throttling {
+    nr_periods: u64,
+    nr_throttled: u64,
+    throttled: CpuMicros,
+}
+
+impl Tracked {
+    /// Bookkeeping after a successful read (`slow`: the slow files were read): remembers the
+    /// throttling just read, or puts the last one back into a reading that skipped it.
+    fn after_read(&mut self, reading: &mut read::Reading, slow: bool) {
+        if !self.slow_throttling {
+            return;
+        }
+        let cpu: &mut CpuCounters = &mut reading.cpu;
+        if slow {
+            self.last_throttling = Throttling {
+                nr_periods: cpu.nr_periods,
+                nr_throttled: cpu.nr_throttled,
+                throttled: cpu.throttled,
+            };
+        } else {
+            cpu.nr_periods = self.last_throttling.nr_periods;
+            cpu.nr_throttled = self.last_throttling.nr_throttled;
+            cpu.throttled = self.last_throttling.throttled;
+        }
+    }
 }
 
 /// Reads the counters of every tracked container cgroup. Synchronous: call it from one
@@ -196,6 +241,8 @@ pub struct CgroupSampler {
     user_hz: u64,
     /// Optional counters to open at track time.
     counters: CounterSet,
+    /// Slow files are read every this many samples of a container.
+    slow_every: NonZeroU32,
     /// Keyed by container id; iteration order is the order of a sample's entries.
     tracked: BTreeMap<String, Tracked>,
     /// Normalised explicit paths, tracked under their own path as id.
@@ -218,6 +265,7 @@ impl CgroupSampler {
             mounts,
             user_hz: user_hz.max(1),
             counters: CounterSet::ALL,
+            slow_every: NonZeroU32::MIN,
             tracked: BTreeMap::new(),
             explicit: Vec::new(),
             buf: vec![0; read::INITIAL_BUFFER],
@@ -229,6 +277,15 @@ impl CgroupSampler {
     #[must_use]
     pub fn with_counters(mut self, counters: CounterSet) -> Self {
         self.counters = counters;
+        self
+    }
+
+    /// Reads the slow files (memory, IO, v1 throttling) of each container only on its first
+    /// sample and then every `every`-th (default 1: every sample). In the samples between,
+    /// `memory_current` and `io` are `None` and v1 throttling repeats its last value.
+    #[must_use]
+    pub fn with_slow_every(mut self, every: NonZeroU32) -> Self {
+        self.slow_every = every;
         self
     }
 
@@ -389,13 +446,21 @@ impl CgroupSampler {
 
     /// Reads every tracked container into `out`, which is overwritten: its entries (and their
     /// id strings) are reused, so a caller that keeps the vector allocates nothing per sample.
+    /// The slow files are read per the cadence ([`with_slow_every`](Self::with_slow_every)).
     /// Containers that vanished are dropped from tracking and listed in the report.
     pub fn sample(&mut self, out: &mut Vec<ContainerCounters>) -> SampleReport {
         let mut report = SampleReport::default();
         let mut filled = 0;
-        for (id, tracked) in &self.tracked {
-            match read::read_all(&tracked.files, &mut self.buf, self.user_hz) {
-                Ok(reading) => {
+        for (id, tracked) in &mut self.tracked {
+            let slow = tracked.slow_countdown == 0;
+            match read::read_all(&tracked.files, &mut self.buf, self.user_hz, slow) {
+                Ok(mut reading) => {
+                    tracked.after_read(&mut reading, slow);
+                    // A failed read leaves the countdown alone: the next sample retries.
+                    tracked.slow_countdown = match tracked.slow_countdown.checked_sub(1) {
+                        Some(left) => left,
+                        None => self.slow_every.get() - 1,
+                    };
                     if let Some(slot) = out.get_mut(filled) {
                         fill(slot, id, tracked, reading);
                     } else {
@@ -414,12 +479,16 @@ impl CgroupSampler {
         report
     }
 
-    /// Reads one container now (the final sample on a Docker `die` event). `None` when it is
-    /// not tracked, has vanished (it is then untracked), or a file failed (logged).
+    /// Reads one container now, every file whatever the cadence (the final sample on a Docker
+    /// `die` event). `None` when it is not tracked, has vanished (it is then untracked), or a
+    /// file failed (logged).
     pub fn sample_one(&mut self, id: &str) -> Option<ContainerCounters> {
-        let tracked = self.tracked.get(id)?;
-        match read::read_all(&tracked.files, &mut self.buf, self.user_hz) {
-            Ok(reading) => Some(counters(id.to_owned(), tracked, reading)),
+        let tracked = self.tracked.get_mut(id)?;
+        match read::read_all(&tracked.files, &mut self.buf, self.user_hz, true) {
+            Ok(mut reading) => {
+                tracked.after_read(&mut reading, true);
+                Some(counters(id.to_owned(), tracked, reading))
+            }
             Err(ReadFailure::Vanished) => {
                 self.tracked.remove(id);
                 None
@@ -541,12 +610,16 @@ impl CgroupSampler {
                 read::parse_cfs(&quota, &period)
             })
         };
+        let slow_throttling = files.iter().any(|f| f.kind == CounterKind::V1CpuStat);
         Ok(Tracked {
             rel_path,
             origin,
             dir,
             files,
             cpu_limit_millicores,
+            slow_countdown: 0,
+            slow_throttling,
+            last_throttling: Throttling::default(),
         })
     }
 }
@@ -599,4 +672,187 @@ fn user_hz() -> u64 {
         }
     }
     DEFAULT_USER_HZ
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use protocol::{Bytes, IoCounters};
+
+    use super::*;
+
+    const REL: &str = "docker/c1";
+
+    /// A pure-v1 tree (separate controller mounts) with one container, as files in a temp dir.
+    struct V1Tree {
+        dir: tempfile::TempDir,
+    }
+
+    impl V1Tree {
+        fn new() -> Self {
+            let tree = Self {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            for controller in ["cpu", "cpuacct", "memory", "blkio"] {
+                fs::create_dir_all(tree.cgroup(controller)).unwrap();
+            }
+            tree.write("cpuacct", "cpuacct.usage", "5000000\n");
+            tree.write("cpuacct", "cpuacct.stat", "user 3\nsystem 1\n");
+            tree.write("cpu", "cpu.cfs_quota_us", "-1\n");
+            tree.write("cpu", "cpu.cfs_period_us", "100000\n");
+            tree.set_tick(0);
+            tree
+        }
+
+        fn cgroup(&self, controller: &str) -> PathBuf {
+            self.dir.path().join(controller).join(REL)
+        }
+
+        fn write(&self, controller: &str, name: &str, text: &str) {
+            fs::write(self.cgroup(controller).join(name), text).unwrap();
+        }
+
+        /// Makes every counter file a function of `tick`, so a sample shows which it read.
+        fn set_tick(&self, tick: u64) {
+            self.write(
+                "cpuacct",
+                "cpuacct.usage",
+                &format!("{}\n", (tick + 1) * 1_000),
+            );
+            self.write(
+                "cpu",
+                "cpu.stat",
+                &format!(
+                    "nr_periods {}\nnr_throttled {tick}\nthrottled_time {}\n",
+                    tick * 2,
+                    tick * 1_000
+                ),
+            );
+            self.write(
+                "memory",
+                "memory.usage_in_bytes",
+                &format!("{}\n", tick + 100),
+            );
+            self.write(
+                "blkio",
+                "blkio.throttle.io_service_bytes",
+                &format!(
+                    "8:0 Read {tick}\n8:0 Write {}\nTotal {}\n",
+                    tick * 2,
+                    tick * 3
+                ),
+            );
+        }
+
+        fn sampler(&self, every: u32) -> CgroupSampler {
+            let at = |c: &str| Some(self.dir.path().join(c));
+            let mounts = CgroupMounts {
+                mode: CgroupMode::V1,
+                v2: None,
+                v1: V1Mounts {
+                    cpu: at("cpu"),
+                    cpuacct: at("cpuacct"),
+                    memory: at("memory"),
+                    blkio: at("blkio"),
+                },
+            };
+            let mut sampler = CgroupSampler::with_user_hz(mounts, 100)
+                .with_slow_every(NonZeroU32::new(every).unwrap());
+            sampler.track("c1".to_owned(), REL).unwrap();
+            sampler
+        }
+    }
+
+    fn sample(sampler: &mut CgroupSampler, out: &mut Vec<ContainerCounters>) -> ContainerCounters {
+        let report = sampler.sample(out);
+        assert!(
+            report.vanished.is_empty() && report.errors.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(out.len(), 1);
+        out[0].clone()
+    }
+
+    #[test]
+    fn slow_files_are_read_on_the_first_sample_and_every_nth_only() {
+        let tree = V1Tree::new();
+        let mut sampler = tree.sampler(3);
+        let mut out = Vec::new();
+        for tick in 0..10 {
+            tree.set_tick(tick);
+            let c = sample(&mut sampler, &mut out);
+            // CPU time: every sample.
+            assert_eq!(c.cpu.usage, CpuMicros(tick + 1), "tick {tick}");
+            if tick % 3 == 0 {
+                assert_eq!(c.memory_current, Some(Bytes(tick + 100)), "tick {tick}");
+                assert_eq!(
+                    c.io,
+                    Some(IoCounters {
+                        read: Bytes(tick),
+                        write: Bytes(tick * 2)
+                    }),
+                    "tick {tick}"
+                );
+            } else {
+                assert_eq!((c.memory_current, c.io), (None, None), "tick {tick}");
+            }
+        }
+    }
+
+    #[test]
+    fn throttling_repeats_the_last_value_read_and_never_decreases() {
+        let tree = V1Tree::new();
+        let mut sampler = tree.sampler(4);
+        let mut out = Vec::new();
+        let mut previous = CpuCounters::default();
+        for tick in 0..13 {
+            tree.set_tick(tick);
+            let cpu = sample(&mut sampler, &mut out).cpu;
+            let read_at = tick - tick % 4;
+            assert_eq!(
+                (cpu.nr_periods, cpu.nr_throttled, cpu.throttled),
+                (read_at * 2, read_at, CpuMicros(read_at)),
+                "tick {tick}"
+            );
+            assert!(
+                cpu.nr_periods >= previous.nr_periods
+                    && cpu.nr_throttled >= previous.nr_throttled
+                    && cpu.throttled >= previous.throttled,
+                "tick {tick}: {cpu:?} after {previous:?}"
+            );
+            previous = cpu;
+        }
+        assert!(previous.nr_throttled > 0, "the counters moved at all");
+    }
+
+    #[test]
+    fn every_sample_reads_everything_when_n_is_1() {
+        let tree = V1Tree::new();
+        let mut sampler = tree.sampler(1);
+        let mut out = Vec::new();
+        for tick in 0..5 {
+            tree.set_tick(tick);
+            let c = sample(&mut sampler, &mut out);
+            assert_eq!(c.memory_current, Some(Bytes(tick + 100)), "tick {tick}");
+            assert_eq!(c.io.map(|io| io.read), Some(Bytes(tick)), "tick {tick}");
+            assert_eq!(c.cpu.nr_throttled, tick, "tick {tick}");
+        }
+    }
+
+    #[test]
+    fn sample_one_reads_everything_between_slow_samples() {
+        let tree = V1Tree::new();
+        let mut sampler = tree.sampler(10);
+        let mut out = Vec::new();
+        sample(&mut sampler, &mut out);
+        tree.set_tick(5);
+        assert_eq!(sample(&mut sampler, &mut out).memory_current, None);
+        let last = sampler.sample_one("c1").unwrap();
+        assert_eq!(last.memory_current, Some(Bytes(105)));
+        assert_eq!(last.io.map(|io| io.write), Some(Bytes(10)));
+        assert_eq!(last.cpu.nr_throttled, 5);
+        // What the final read saw is kept: a later fast sample does not go back to tick 0.
+        assert_eq!(sample(&mut sampler, &mut out).cpu.nr_throttled, 5);
+    }
 }

@@ -70,6 +70,22 @@ pub enum CounterKind {
     V1BlkioServiceBytes,
 }
 
+impl CounterKind {
+    /// Whether the file is "slow": read only every N-th sample (memory, IO, v1 throttling),
+    /// as opposed to the CPU time files attribution needs every sample.
+    #[must_use]
+    pub fn is_slow(self) -> bool {
+        match self {
+            Self::V2CpuStat | Self::V1CpuacctUsage | Self::V1CpuacctStat => false,
+            Self::V1CpuStat
+            | Self::V2MemoryCurrent
+            | Self::V1MemoryUsage
+            | Self::V2IoStat
+            | Self::V1BlkioServiceBytes => true,
+        }
+    }
+}
+
 /// An open counter file.
 #[derive(Debug)]
 pub struct CounterFile {
@@ -124,7 +140,9 @@ pub fn is_gone(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ENODEV)
 }
 
-/// Reads every file of one cgroup into a [`Reading`].
+/// Reads the files of one cgroup into a [`Reading`]: every file when `slow` is set, else only
+/// those whose kind is not [`CounterKind::is_slow`] (the others then stay at their defaults:
+/// `None`, zero throttling).
 ///
 /// # Errors
 /// [`ReadFailure::Vanished`] as soon as one file reports the cgroup gone; otherwise the first
@@ -133,9 +151,10 @@ pub fn read_all(
     files: &[CounterFile],
     buf: &mut Vec<u8>,
     user_hz: u64,
+    slow: bool,
 ) -> Result<Reading, ReadFailure> {
     let mut reading = Reading::default();
-    for counter in files {
+    for counter in files.iter().filter(|f| slow || !f.kind.is_slow()) {
         let len = match pread_whole(&counter.file, buf) {
             Ok(len) => len,
             Err(err) if is_gone(&err) => return Err(ReadFailure::Vanished),
