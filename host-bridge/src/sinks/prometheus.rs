@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -556,39 +556,28 @@ fn uj_to_joules(uj: u64) -> f64 {
     protocol::MicroJoules(uj).as_joules_f64()
 }
 
-fn counter<'s>(
-    encoder: &'s mut DescriptorEncoder<'_>,
-    def: &'s MetricDef,
-    unit: Option<&'s Unit>,
+/// Encode one metric family: its descriptor (name, help, unit, type from `def`) and its samples.
+/// Counters and gauges differ only in the sample type, chosen from `def`.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    def: &MetricDef,
     samples: &[(Vec<(&'static str, String)>, f64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(def.base, def.help, unit, def.metric_type())?;
+    let unit = def.unit();
+    let mut metric =
+        encoder.encode_descriptor(def.base, def.help, unit.as_ref(), def.metric_type())?;
+    let encode = |value: f64, m: MetricEncoder<'_>| match def.kind {
+        Kind::Gauge => ConstGauge::new(value).encode(m),
+        Kind::Counter | Kind::Info => ConstCounter::new(value).encode(m),
+    };
     if let [(labels, value)] = samples
         && labels.is_empty()
     {
         // A single unlabelled sample: `name_total 1.0`, not `name_total{} 1.0`.
-        return ConstCounter::new(*value).encode(metric);
+        return encode(*value, metric);
     }
     for (labels, value) in samples {
-        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauge<'s>(
-    encoder: &'s mut DescriptorEncoder<'_>,
-    def: &'s MetricDef,
-    unit: Option<&'s Unit>,
-    samples: &[(Vec<(&'static str, String)>, f64)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(def.base, def.help, unit, def.metric_type())?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        return ConstGauge::new(*value).encode(metric);
-    }
-    for (labels, value) in samples {
-        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+        encode(*value, metric.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -601,13 +590,6 @@ fn count(v: u64) -> f64 {
 impl Collector for LedgerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let view = Arc::clone(&self.view.borrow());
-        let units: Vec<Option<Unit>> = METRICS.iter().map(MetricDef::unit).collect();
-        let unit = |def: &MetricDef| {
-            METRICS
-                .iter()
-                .position(|m| m.base == def.base)
-                .and_then(|i| units[i].as_ref())
-        };
         let none = Vec::new;
 
         let energy: Vec<_> = view
@@ -615,12 +597,7 @@ impl Collector for LedgerCollector {
             .iter()
             .map(|c| (c.labels.pairs(), uj_to_joules(c.energy_uj)))
             .collect();
-        counter(
-            &mut encoder,
-            &CONTAINER_ENERGY,
-            unit(&CONTAINER_ENERGY),
-            &energy,
-        )?;
+        family(&mut encoder, &CONTAINER_ENERGY, &energy)?;
         let cpu: Vec<_> = view
             .containers
             .iter()
@@ -631,18 +608,13 @@ impl Collector for LedgerCollector {
                 )
             })
             .collect();
-        counter(&mut encoder, &CONTAINER_CPU, unit(&CONTAINER_CPU), &cpu)?;
+        family(&mut encoder, &CONTAINER_CPU, &cpu)?;
         let power: Vec<_> = view
             .containers
             .iter()
             .filter_map(|c| c.power_w.map(|w| (c.labels.pairs(), w)))
             .collect();
-        gauge(
-            &mut encoder,
-            &CONTAINER_POWER,
-            unit(&CONTAINER_POWER),
-            &power,
-        )?;
+        family(&mut encoder, &CONTAINER_POWER, &power)?;
         let buckets: Vec<_> = Bucket::ALL
             .iter()
             .map(|b| {
@@ -654,26 +626,19 @@ impl Collector for LedgerCollector {
                 (vec![("bucket", b.as_str().to_string())], uj_to_joules(uj))
             })
             .collect();
-        counter(&mut encoder, &BUCKET_ENERGY, unit(&BUCKET_ENERGY), &buckets)?;
-        counter(
+        family(&mut encoder, &BUCKET_ENERGY, &buckets)?;
+        family(
             &mut encoder,
             &HOST_ENERGY,
-            unit(&HOST_ENERGY),
             &[(none(), uj_to_joules(view.host_energy_uj))],
         )?;
         if let Some(w) = view.host_power_w {
-            gauge(&mut encoder, &HOST_POWER, unit(&HOST_POWER), &[(none(), w)])?;
+            family(&mut encoder, &HOST_POWER, &[(none(), w)])?;
         }
-        counter(
-            &mut encoder,
-            &WINDOWS,
-            None,
-            &[(none(), count(view.windows))],
-        )?;
-        counter(
+        family(&mut encoder, &WINDOWS, &[(none(), count(view.windows))])?;
+        family(
             &mut encoder,
             &DEGRADED_WINDOWS,
-            None,
             &[(none(), count(view.degraded_windows))],
         )?;
         {
@@ -691,56 +656,40 @@ impl Collector for LedgerCollector {
             metric.encode_info(&labels)?;
         }
         let load = |a: &AtomicU64| count(a.load(Ordering::Relaxed));
-        counter(
+        family(
             &mut encoder,
             &FRAMES_RECEIVED,
-            None,
             &[(none(), load(&self.stats.frames_received))],
         )?;
-        counter(
+        family(
             &mut encoder,
             &FRAMES_REJECTED,
-            None,
             &[(none(), load(&self.stats.frames_rejected))],
         )?;
-        counter(
+        family(
             &mut encoder,
             &CONNECTIONS,
-            None,
             &[(none(), load(&self.stats.connections_accepted))],
         )?;
-        counter(
+        family(
             &mut encoder,
             &CONNECTIONS_REFUSED,
-            None,
             &[(none(), load(&self.stats.connections_refused))],
         )?;
-        gauge(
+        family(
             &mut encoder,
             &CONNECTIONS_OPEN,
-            None,
             &[(none(), load(&self.stats.connections_open))],
         )?;
         let process = ProcessStats::read();
-        counter(
-            &mut encoder,
-            &PROCESS_CPU,
-            unit(&PROCESS_CPU),
-            &[(none(), process.cpu_seconds)],
-        )?;
-        gauge(
+        family(&mut encoder, &PROCESS_CPU, &[(none(), process.cpu_seconds)])?;
+        family(
             &mut encoder,
             &PROCESS_MAX_RSS,
-            unit(&PROCESS_MAX_RSS),
             &[(none(), count(process.max_rss_bytes))],
         )?;
         if let Some(rss) = process.rss_bytes {
-            gauge(
-                &mut encoder,
-                &PROCESS_RSS,
-                unit(&PROCESS_RSS),
-                &[(none(), count(rss))],
-            )?;
+            family(&mut encoder, &PROCESS_RSS, &[(none(), count(rss))])?;
         }
         Ok(())
     }
