@@ -9,9 +9,11 @@
 //!   unacknowledged samples that makes a bridge restart lossless.
 //! - [`config`] / [`cli`]: flags, then the validated configuration ([`config::Endpoint`]).
 //! - [`clock`]: the guest clocks samples are stamped with.
+//! - [`backoff`]: the capped exponential back-off of both retry loops (bridge, engine).
 //!
 //! [`run`] wires them together; `main.rs` only parses flags, sets up logging and calls it.
 
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

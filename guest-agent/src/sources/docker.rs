@@ -48,6 +48,8 @@ use protocol::{ContainerInfo, ContainerState};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::backoff::Backoff;
+
 /// Where Docker listens by default (also where Docker Desktop's VM exposes it to containers).
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
@@ -1333,39 +1335,6 @@ fn unix_now() -> String {
     format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
-/// Capped exponential back-off, reset after a healthy session.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubles per call of [`Backoff::next_delay`], never exceeds `max`.
-    #[must_use]
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.min(max);
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    /// The delay to wait now; the following one doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Back to the initial delay.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1669,15 +1638,6 @@ mod tests {
             DockerEndpoint::from_docker_host(Some("unix:///tmp/d.sock")).ok(),
             Some(DockerEndpoint::Unix(PathBuf::from("/tmp/d.sock")))
         );
-    }
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
-        let delays: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![500, 1000, 2000, 3000, 3000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(500));
     }
 
     #[test]
