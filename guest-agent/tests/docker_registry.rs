@@ -768,7 +768,9 @@ async fn final_sample_on_died_keeps_the_exited_containers_cpu_total() {
                     }
                 }
                 RegistryEvent::Died { id } => {
-                    let usage = sampler.sample_one(&id).map(|c| c.cpu.usage.0);
+                    let mut out = Vec::new();
+                    sampler.sample_dying_first(&mut out, &id);
+                    let usage = out.iter().find(|c| c.id == id).map(|c| c.cpu.usage.0);
                     if final_tx.send((id, usage)).await.is_err() {
                         break;
                     }
