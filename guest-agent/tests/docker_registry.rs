@@ -731,8 +731,10 @@ impl Drop for ParentCgroup {
 }
 
 /// The point of `Died` coming from the pidfd: a stand-in for the pipeline (the agent's own
-/// `CgroupSampler`, tracking on `Upsert`, `sample_one` on `Died`) keeps a container's final CPU
-/// total although the engine removes the cgroup before it logs `die`. The ground truth is a
+/// `CgroupSampler`, tracking on `Upsert`, a sample reading the container first on `Died`) can
+/// read a container's final CPU total although the engine removes the cgroup before it logs
+/// `die`. The agent no longer depends on winning that race (`tests/final_cpu.rs` covers the
+/// structural path, completion from the parent cgroup); this checks the race is still won. The ground truth is a
 /// fresh parent cgroup (`--cgroup-parent`), whose hierarchical counter keeps the child's
 /// total after the child is gone. Within 2 %.
 ///

@@ -253,3 +253,266 @@ fn final_cpu_of_a_removed_v2_cgroup_is_completed_from_its_parent() {
         .unwrap_or_else(|| panic!("needs a cgroup2 hierarchy (none mounted)"));
     final_cpu_within_one_percent(&v2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same through Docker and the agent's own pipeline: registry events, the Died pass, the
+// 1 s interval and the sample that finds the cgroup gone.
+
+mod docker {
+    use std::num::NonZeroU32;
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use guest_agent::pipeline::{Pipeline, PipelineStats, Sampling};
+    use guest_agent::sinks::ContainerTable;
+    use guest_agent::sources::cgroup::CgroupMounts;
+    use guest_agent::sources::docker::{DockerConfig, run_registry};
+    use protocol::Sample;
+    use tokio::sync::{mpsc, watch};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{BURN, PERIOD, RUNS, TOLERANCE};
+
+    const IMAGE: &str = "joulebridge-test/busybox:latest";
+    /// Longest one run may take (3 s of CPU on a loaded 2-core machine, plus the engine).
+    const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+    async fn docker(args: &[&str]) -> Result<String, String> {
+        let out = tokio::process::Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run docker: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Removes the test's containers and parent cgroups, even after a panic.
+    #[derive(Default)]
+    struct Cleanup {
+        containers: Vec<String>,
+        parents: Vec<String>,
+    }
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if !self.containers.is_empty() {
+                let _status = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&self.containers)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            for rel in &self.parents {
+                for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                    if let Ok(entries) = std::fs::read_dir(root) {
+                        for entry in entries.flatten() {
+                            let _gone = std::fs::remove_dir(entry.path().join(rel));
+                        }
+                    }
+                    let _gone = std::fs::remove_dir(Path::new(root).join(rel));
+                }
+            }
+        }
+    }
+
+    /// The hierarchy the sampler reads a cgroup's CPU time from: v2 where the cgroup has
+    /// `cpu.stat` there, else v1 `cpuacct`.
+    fn cpu_dir(mounts: &CgroupMounts, rel: &str) -> Option<PathBuf> {
+        if let Some(v2) = &mounts.v2 {
+            let dir = v2.join(rel);
+            if dir.join("cpu.stat").exists() {
+                return Some(dir);
+            }
+        }
+        let dir = mounts.v1.cpuacct.as_ref()?.join(rel);
+        dir.join("cpuacct.usage").exists().then_some(dir)
+    }
+
+    /// The container's usage in the last sample that had it, and whether it has been absent
+    /// from the samples since.
+    #[derive(Debug, Default)]
+    struct Seen {
+        last: Option<u64>,
+        absent_since: usize,
+    }
+
+    fn observe(seen: &mut Seen, sample: &Sample, id: &str) {
+        match sample.containers.iter().find(|c| c.id == id) {
+            Some(c) => {
+                assert_eq!(seen.absent_since, 0, "sent again after leaving: {sample:?}");
+                seen.last = Some(c.cpu.usage.0);
+            }
+            None if seen.last.is_some() => seen.absent_since += 1,
+            None => {}
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root, a Docker engine and the joulebridge-test/busybox image (scripts/build-test-images.sh)"]
+    async fn docker_container_final_cpu_is_recorded_within_one_percent() {
+        if let Err(err) = docker(&["info", "--format", "{{.ID}}"]).await {
+            panic!("needs a Docker engine: docker info failed: {err}");
+        }
+        if docker(&["image", "inspect", IMAGE]).await.is_err() {
+            panic!("needs the {IMAGE} image: run scripts/build-test-images.sh");
+        }
+        let systemd = docker(&["info", "--format", "{{.CgroupDriver}}"])
+            .await
+            .is_ok_and(|d| d == "systemd");
+        let mounts = CgroupMounts::discover(Path::new("/")).expect("cgroup mounts");
+        let tag = format!("{}{}", std::process::id(), rand::random::<u16>());
+        let mut cleanup = Cleanup::default();
+
+        // Load: a container burning one CPU for the whole test.
+        let load = format!("jbt-final-load-{tag}");
+        cleanup.containers.push(load.clone());
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &load,
+            "--network",
+            "none",
+            IMAGE,
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .await
+        .expect("load container starts");
+
+        let cancel = CancellationToken::new();
+        let (registry_tx, registry_rx) = mpsc::channel(256);
+        let registry = tokio::spawn(run_registry(
+            DockerConfig::default(),
+            PathBuf::from("/proc"),
+            registry_tx,
+            cancel.clone(),
+        ));
+        let slow_every = NonZeroU32::new(10).expect("non-zero");
+        let sampling = tokio::task::spawn_blocking(move || {
+            Sampling::open(
+                Path::new("/"),
+                Path::new("/proc"),
+                false,
+                &[],
+                PERIOD,
+                slow_every,
+            )
+        })
+        .await
+        .expect("setup task")
+        .expect("sampling opens");
+        let (samples_tx, mut samples) = mpsc::channel(64);
+        let (table_tx, _table_rx) = watch::channel(ContainerTable::new());
+        let pipeline = tokio::spawn(
+            Pipeline {
+                sampling,
+                period: PERIOD,
+                samples: samples_tx,
+                table: table_tx,
+                registry: Some(registry_rx),
+                stats: Arc::new(PipelineStats::default()),
+            }
+            .run(cancel.clone()),
+        );
+
+        let mut worst = 0.0_f64;
+        for run in 0..RUNS {
+            let parent = format!("jbfinal{tag}x{run}");
+            let (parent_arg, parent_rel) = if systemd {
+                (format!("{parent}.slice"), format!("{parent}.slice"))
+            } else {
+                (format!("/{parent}"), parent.clone())
+            };
+            cleanup.parents.push(parent_rel.clone());
+            let name = format!("jbt-final-{tag}-{run}");
+            cleanup.containers.push(name.clone());
+            let id = docker(&[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                "none",
+                "--cgroup-parent",
+                &parent_arg,
+                IMAGE,
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ])
+            .await
+            .expect("container starts");
+
+            // Burn: wait for the container to show up, then until its cgroup has used BURN.
+            let start = Instant::now();
+            let mut seen = Seen::default();
+            let mut parent_dir = None;
+            loop {
+                assert!(start.elapsed() < RUN_DEADLINE, "run {run}: no burn in time");
+                if let Ok(Some(sample)) =
+                    tokio::time::timeout(Duration::from_millis(20), samples.recv()).await
+                {
+                    observe(&mut seen, &sample, &id);
+                }
+                let Some(last) = seen.last else { continue };
+                let dir = parent_dir.get_or_insert_with(|| {
+                    let rel = format!("{parent_rel}/{id}");
+                    let rel = if systemd {
+                        format!("{parent_rel}/docker-{id}.scope")
+                    } else {
+                        rel
+                    };
+                    cpu_dir(&mounts, &rel)
+                        .and_then(|d| d.parent().map(Path::to_path_buf))
+                        .expect("container cgroup found")
+                });
+                let usage = super::usage(dir).0;
+                if usage >= BURN.0 && last > 0 {
+                    break;
+                }
+            }
+            docker(&["kill", &name]).await.expect("kill");
+            // The pipeline sends the final counters once, then never again.
+            while seen.absent_since < 2 {
+                assert!(start.elapsed() < RUN_DEADLINE, "run {run}: no final sample");
+                let sample = samples.recv().await.expect("pipeline running");
+                observe(&mut seen, &sample, &id);
+            }
+            docker(&["rm", "-f", &name]).await.expect("rm");
+            let parent_dir = parent_dir.expect("parent known");
+            let truth = super::usage(&parent_dir).0;
+            let sent = seen.last.expect("seen");
+            #[allow(clippy::cast_precision_loss)]
+            let error = (sent as f64 - truth as f64).abs() / truth as f64;
+            eprintln!(
+                "run {run:2}: parent total {truth} µs, last sent {sent} µs ({:+.4} %)",
+                (sent as f64 - truth as f64) / truth as f64 * 100.0
+            );
+            assert!(
+                error <= TOLERANCE,
+                "run {run}: sent {sent} µs vs cgroup total {truth} µs: {:.3} % apart",
+                error * 100.0
+            );
+            worst = worst.max(error);
+        }
+        eprintln!(
+            "{RUNS} Docker runs in a row within {:.4} % (tolerance {} %)",
+            worst * 100.0,
+            TOLERANCE * 100.0
+        );
+        cancel.cancel();
+        pipeline.await.expect("pipeline task").expect("pipeline ok");
+        registry.await.expect("registry task");
+    }
+}

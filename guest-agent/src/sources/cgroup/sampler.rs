@@ -63,6 +63,7 @@ impl CgroupSampler {
     ) -> SampleReport {
         let mut report = SampleReport::default();
         let mut filled = 0;
+        self.parents.begin(&mut self.buf, self.user_hz);
         let first = first.filter(|id| self.tracked.contains_key(*id));
         if let Some(id) = first
             && let Some(tracked) = self.tracked.get_mut(id)
@@ -128,6 +129,7 @@ impl CgroupSampler {
                     kind: t.files.first()?.kind,
                     last_read: t.last_cpu.usage,
                     seen: t.seen,
+                    cpu_file: t.files.first(),
                 })
             })
             .collect();

@@ -62,11 +62,25 @@ use std::path::{Path, PathBuf};
 
 use protocol::CpuMicros;
 
+mod ledger;
+
+pub use ledger::{Ledger, Step, split_exact};
+
 use super::read::{self, CounterFile, CounterKind, ReadFailure, open_optional};
 
 /// Unexplained CPU time, in a period in which no child left, above which a parent is taken to
-/// run tasks of its own. 1 ms: read skew between the parent and its children is microseconds.
+/// run tasks of its own. Above twice [`SNAPSHOT_TOLERANCE`], the most read skew can explain.
 pub const LEAK_TOLERANCE: CpuMicros = CpuMicros(1_000);
+
+/// Largest growth of the parent's counter between the reads that bracket its children's: the
+/// bound on how inconsistent one snapshot of parent and children can be. Reads take
+/// microseconds; a sampler preempted between them (a loaded machine) takes milliseconds, and
+/// the snapshot is then read again.
+pub const SNAPSHOT_TOLERANCE: CpuMicros = CpuMicros(250);
+
+/// Re-reads of a snapshot that was not tight before it is used anyway, flagged
+/// [`Completion::Approximate`].
+pub const SNAPSHOT_ATTEMPTS: usize = 3;
 
 /// How well a departed container's final CPU time is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +94,12 @@ pub enum Completion {
     },
     /// The parent shows CPU time of its own; the completion may include some of it.
     Leaky,
+    /// No snapshot of parent and children was consistent within [`SNAPSHOT_TOLERANCE`] (the
+    /// sampler kept being preempted); off by at most twice the skew reported.
+    Approximate {
+        /// The parent's CPU time during the widest snapshot window used.
+        skew: CpuMicros,
+    },
 }
 
 /// The end of a tracked container whose cgroup vanished.
@@ -118,6 +138,8 @@ pub struct ChildReport<'a> {
     pub last_read: CpuMicros,
     /// This sample's read.
     pub seen: Seen,
+    /// Its CPU accounting file, re-read when a snapshot must be taken again.
+    pub cpu_file: Option<&'a CounterFile>,
 }
 
 /// The accounts of every parent of a tracked container, keyed by parent directory.
@@ -127,6 +149,14 @@ pub struct ParentAccounts {
 }
 
 impl ParentAccounts {
+    /// Reads every known parent's counter before the sampler reads the containers: the first
+    /// half of the bracket that bounds the snapshot's skew.
+    pub fn begin(&mut self, buf: &mut Vec<u8>, user_hz: u64) {
+        for account in self.accounts.values_mut() {
+            account.before = read_usage(&account.file, buf, user_hz).ok();
+        }
+    }
+
     /// Reads every parent of a reported container (skipping `roots`, the hierarchy roots),
     /// completes the containers reported [`Seen::Gone`], and forgets parents no container is
     /// reported under any more.
@@ -193,6 +223,8 @@ struct ParentAccount {
     /// Children read here because no tracked container reports them, by directory name.
     own: HashMap<String, CounterFile>,
     ledger: Ledger,
+    /// The parent's usage read by [`ParentAccounts::begin`] in this sample.
+    before: Option<u64>,
 }
 
 impl ParentAccount {
@@ -204,6 +236,7 @@ impl ParentAccount {
             file,
             own: HashMap::new(),
             ledger: Ledger::default(),
+            before: None,
         })
     }
 
@@ -225,13 +258,6 @@ impl ParentAccount {
             .filter(|r| r.seen == Seen::Gone)
             .collect();
         let unknown_all = |gone: &[&ChildReport<'_>]| gone.iter().map(|r| unknown(r)).collect();
-
-        let Ok(parent) = read_usage(&self.file, buf, user_hz) else {
-            tracing::debug!(parent = %self.dir.display(), "Parent cgroup unreadable; exits under it are not completed.");
-            self.ledger = Ledger::default();
-            self.own.clear();
-            return unknown_all(&gone);
-        };
 
         let mut seen: Vec<(String, Seen)> = reports.iter().map(|r| (name_of(r), r.seen)).collect();
         let reported: Vec<String> = seen.iter().map(|(n, _)| n.clone()).collect();
@@ -284,8 +310,20 @@ impl ParentAccount {
             }
         }
 
-        let step = self.ledger.step(parent, &seen, complete);
-        if let Some(unexplained) = step.quiet_unexplained {
+        let Some((parent, skew)) = self.snapshot(reports, &mut seen, buf, user_hz) else {
+            tracing::debug!(parent = %self.dir.display(), "Parent cgroup unreadable; exits under it are not completed.");
+            self.ledger = Ledger::default();
+            self.own.clear();
+            return unknown_all(&gone);
+        };
+        let tight = skew <= SNAPSHOT_TOLERANCE.0;
+        let mut step = self.ledger.step(parent, &seen, complete);
+        if !tight && step.completion.is_some() {
+            step.completion = Some(Completion::Approximate {
+                skew: CpuMicros(skew),
+            });
+        }
+        if let (Some(unexplained), true) = (step.quiet_unexplained, tight) {
             let leaky = unexplained > i128::from(LEAK_TOLERANCE.0);
             if leaky != self.ledger.leaky {
                 tracing::debug!(parent = %self.dir.display(), unexplained_us = %unexplained, leaky, "Parent cgroup CPU time not explained by its children changed state.");
@@ -309,6 +347,68 @@ impl ParentAccount {
                 }
             })
             .collect()
+    }
+
+    /// The parent's usage now, consistent with the children's in `seen` within the returned
+    /// skew (the parent's growth over the window bracketing their reads): the sampler's own
+    /// reads when [`ParentAccounts::begin`] and this read are close enough, else the parent
+    /// and every live child read again (CPU files only), up to [`SNAPSHOT_ATTEMPTS`] times.
+    /// `None` when the parent cannot be read.
+    fn snapshot(
+        &mut self,
+        reports: &[&ChildReport<'_>],
+        seen: &mut [(String, Seen)],
+        buf: &mut Vec<u8>,
+        user_hz: u64,
+    ) -> Option<(u64, u64)> {
+        let mut after = read_usage(&self.file, buf, user_hz).ok()?;
+        let mut skew = self
+            .before
+            .take()
+            .map_or(u64::MAX, |before| after.saturating_sub(before));
+        let mut attempts = 0;
+        while skew > SNAPSHOT_TOLERANCE.0 && attempts < SNAPSHOT_ATTEMPTS {
+            attempts += 1;
+            let kept: Vec<Seen> = seen.iter().map(|(_, state)| *state).collect();
+            let before = read_usage(&self.file, buf, user_hz).ok()?;
+            for (name, state) in seen.iter_mut() {
+                if !matches!(state, Seen::Live(_)) {
+                    continue;
+                }
+                let file = match reports.iter().find(|r| {
+                    r.dir
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy() == name.as_str())
+                }) {
+                    Some(report) => report.cpu_file,
+                    None => self.own.get(name.as_str()),
+                };
+                *state = match file.map(|f| read_usage(f, buf, user_hz)) {
+                    Some(Ok(usage)) => Seen::Live(usage),
+                    Some(Err(ReadFailure::Vanished)) => Seen::Gone,
+                    Some(Err(ReadFailure::Error(_))) | None => Seen::Failed,
+                };
+            }
+            let now = read_usage(&self.file, buf, user_hz).ok()?;
+            if seen
+                .iter()
+                .zip(&kept)
+                .any(|((_, s), k)| *s == Seen::Gone && *k != Seen::Gone)
+            {
+                // A child left during the re-read: its usage now is lost with it, so the
+                // earlier, wider snapshot is the better one.
+                for ((_, state), k) in seen.iter_mut().zip(kept) {
+                    *state = k;
+                }
+                break;
+            }
+            after = now;
+            skew = after.saturating_sub(before);
+        }
+        if attempts > 0 {
+            tracing::trace!(parent = %self.dir.display(), attempts, skew_us = skew, "Parent cgroup snapshot read again.");
+        }
+        Some((after, skew))
     }
 
     /// Reads a child that is not a tracked container through a handle kept here.
@@ -358,218 +458,4 @@ fn file_name(kind: CounterKind) -> Option<&'static str> {
 
 fn read_usage(file: &CounterFile, buf: &mut Vec<u8>, user_hz: u64) -> Result<u64, ReadFailure> {
     read::read_all(std::slice::from_ref(file), buf, user_hz, true).map(|r| r.cpu.usage.0)
-}
-
-/// The arithmetic of one parent, free of I/O: the parent's and each child's usage at the last
-/// sample, and what a new sample's readings say about the children that left.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    /// The parent's usage at the last sample; `None` = no usable baseline.
-    parent: Option<u64>,
-    /// By child directory name: usage at the last sample and CPU time over the period before.
-    children: HashMap<String, ChildState>,
-    /// The last period in which no child left showed more than [`LEAK_TOLERANCE`] unexplained.
-    leaky: bool,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct ChildState {
-    last: u64,
-    rate: u64,
-}
-
-/// What one [`Ledger::step`] found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Step {
-    /// How the shares were obtained; `None` when nothing could be completed.
-    pub completion: Option<Completion>,
-    /// Per departed child (by name): its part of the unexplained time, µs.
-    pub shares: Vec<(String, u64)>,
-    /// Per departed child: its usage at the last sample.
-    pub bases: Vec<(String, u64)>,
-    /// In a period in which no child left, the unexplained time (signed, µs).
-    pub quiet_unexplained: Option<i128>,
-}
-
-impl Ledger {
-    /// Takes one sample: the parent's usage now and every child's state (`complete`: every
-    /// child that exists is in `children`). Children absent from the last sample are new (the
-    /// last sample was complete, so they were born since); [`Seen::Gone`] ones are departed.
-    pub fn step(&mut self, parent: u64, children: &[(String, Seen)], complete: bool) -> Step {
-        let mut step = Step::default();
-        let failed = children.iter().any(|(_, s)| *s == Seen::Failed);
-        let departed: Vec<(&String, ChildState)> = children
-            .iter()
-            .filter(|(_, s)| *s == Seen::Gone)
-            .filter_map(|(n, _)| Some((n, *self.children.get(n)?)))
-            .collect();
-        // A live child is new (usage 0 at the last sample) when the name was unknown, or when
-        // the cgroup under that name left and a new one took its place within the period.
-        let last_of = |name: &String| {
-            if departed.iter().any(|(n, _)| *n == name) {
-                0
-            } else {
-                self.children.get(name).map_or(0, |c| c.last)
-            }
-        };
-        let usable = self.parent.is_some() && !failed;
-        if let (Some(before), true) = (self.parent, usable) {
-            let mut unexplained = i128::from(parent) - i128::from(before);
-            for (name, seen) in children {
-                if let Seen::Live(now) = seen {
-                    unexplained -= i128::from(*now) - i128::from(last_of(name));
-                }
-            }
-            if departed.is_empty() {
-                step.quiet_unexplained = Some(unexplained);
-            } else {
-                let total = u64::try_from(unexplained.max(0)).unwrap_or(u64::MAX);
-                let weights: Vec<u64> = departed.iter().map(|(_, c)| c.rate).collect();
-                let parts = split_exact(total, &weights);
-                step.completion = Some(if self.leaky {
-                    Completion::Leaky
-                } else if departed.len() == 1 {
-                    Completion::Exact
-                } else {
-                    Completion::Split {
-                        among: departed.len(),
-                    }
-                });
-                for ((name, state), part) in departed.iter().zip(parts) {
-                    step.shares.push(((*name).clone(), part));
-                    step.bases.push(((*name).clone(), state.last));
-                }
-            }
-        }
-        // The new baseline. A failed child's usage now is unknown: start over next sample.
-        let mut next = HashMap::with_capacity(children.len());
-        for (name, seen) in children {
-            if let Seen::Live(now) = seen {
-                let last = last_of(name);
-                next.insert(
-                    name.clone(),
-                    ChildState {
-                        last: *now,
-                        rate: now.saturating_sub(last),
-                    },
-                );
-            }
-        }
-        self.children = next;
-        self.parent = (complete && !failed).then_some(parent);
-        step
-    }
-}
-
-/// Splits `total` in proportion to `weights` (equally when they are all zero), as integers
-/// that sum to `total` exactly: largest remainder, ties to the lower index.
-#[must_use]
-pub fn split_exact(total: u64, weights: &[u64]) -> Vec<u64> {
-    if weights.is_empty() {
-        return Vec::new();
-    }
-    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
-    let (weights, sum): (Vec<u128>, u128) = if sum == 0 {
-        (vec![1; weights.len()], weights.len() as u128)
-    } else {
-        (weights.iter().map(|&w| u128::from(w)).collect(), sum)
-    };
-    let total = u128::from(total);
-    let mut parts: Vec<u128> = weights.iter().map(|w| total * w / sum).collect();
-    let mut left = total - parts.iter().sum::<u128>();
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse((total * weights[i]) % sum));
-    for i in order {
-        if left == 0 {
-            break;
-        }
-        parts[i] += 1;
-        left -= 1;
-    }
-    parts
-        .into_iter()
-        .map(|p| u64::try_from(p).expect("a part never exceeds the u64 total"))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn live(name: &str, usage: u64) -> (String, Seen) {
-        (name.to_owned(), Seen::Live(usage))
-    }
-
-    fn gone(name: &str) -> (String, Seen) {
-        (name.to_owned(), Seen::Gone)
-    }
-
-    #[test]
-    fn one_departed_child_gets_exactly_the_unexplained_time() {
-        let mut ledger = Ledger::default();
-        assert_eq!(
-            ledger.step(1_000, &[live("a", 400), live("b", 600)], true),
-            Step::default(),
-            "the first sample only sets the baseline"
-        );
-        // a: +100 live; b used 250 more, then left; a new child c used 30.
-        let step = ledger.step(1_380, &[live("a", 500), gone("b"), live("c", 30)], true);
-        assert_eq!(step.completion, Some(Completion::Exact));
-        assert_eq!(step.shares, vec![("b".to_owned(), 250)]);
-        assert_eq!(step.bases, vec![("b".to_owned(), 600)]);
-    }
-
-    #[test]
-    fn several_departed_children_split_by_last_rate_and_sum_exactly() {
-        let mut ledger = Ledger::default();
-        ledger.step(0, &[live("a", 0), live("b", 0)], true);
-        ledger.step(400, &[live("a", 300), live("b", 100)], true);
-        let step = ledger.step(401, &[gone("a"), gone("b")], true);
-        assert_eq!(step.completion, Some(Completion::Split { among: 2 }));
-        let total: u64 = step.shares.iter().map(|(_, s)| s).sum();
-        assert_eq!(total, 1, "nothing invented, nothing lost");
-        assert_eq!(
-            step.shares,
-            vec![("a".to_owned(), 1), ("b".to_owned(), 0)],
-            "3:1 by last rate, remainder to the larger"
-        );
-    }
-
-    #[test]
-    fn skew_never_gives_negative_time_and_quiet_periods_measure_leaks() {
-        let mut ledger = Ledger::default();
-        ledger.step(1_000, &[live("a", 1_000)], true);
-        let quiet = ledger.step(1_100, &[live("a", 1_105)], true);
-        assert_eq!(quiet.quiet_unexplained, Some(-5));
-        let step = ledger.step(1_100, &[gone("a")], true);
-        assert_eq!(step.shares, vec![("a".to_owned(), 0)]);
-    }
-
-    #[test]
-    fn a_failed_sibling_or_incomplete_listing_completes_nothing_and_rebaselines() {
-        let mut ledger = Ledger::default();
-        ledger.step(0, &[live("a", 0), live("b", 0)], true);
-        let failed = ledger.step(100, &[gone("a"), (String::from("b"), Seen::Failed)], true);
-        assert_eq!(failed.completion, None);
-        ledger.step(200, &[live("b", 150)], false);
-        assert_eq!(
-            ledger.step(300, &[gone("b")], true).completion,
-            None,
-            "no baseline after an incomplete sample"
-        );
-    }
-
-    #[test]
-    fn split_exact_sums_and_handles_zero_weights() {
-        assert_eq!(split_exact(10, &[0, 0, 0]), vec![4, 3, 3]);
-        assert_eq!(split_exact(7, &[1, 1]), vec![4, 3]);
-        assert_eq!(
-            split_exact(u64::MAX, &[u64::MAX, 1])
-                .iter()
-                .map(|&p| u128::from(p))
-                .sum::<u128>(),
-            u128::from(u64::MAX)
-        );
-        assert!(split_exact(5, &[]).is_empty());
-    }
 }
