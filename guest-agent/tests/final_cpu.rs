@@ -46,10 +46,10 @@ impl TestCgroup {
             eprintln!("removed a leftover test cgroup {}", dir.display());
         }
         if let Err(err) = fs::create_dir(&dir) {
-            panic!(
-                "needs root and a writable cgroup hierarchy: cannot create {}: {err}",
+            testkit::missing(format_args!(
+                "a writable cgroup hierarchy (cannot create {}: {err})",
                 dir.display()
-            );
+            ));
         }
         Self { dir, child: None }
     }
@@ -224,33 +224,29 @@ fn final_cpu_within_one_percent(mount: &Path) {
 }
 
 fn real_mounts() -> CgroupMounts {
-    let mounts = CgroupMounts::discover(Path::new("/"))
-        .unwrap_or_else(|err| panic!("needs a readable /proc/self/mountinfo: {err}"));
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "needs root: the test creates cgroups"
-    );
-    mounts
+    testkit::require_root("creating cgroups");
+    CgroupMounts::discover(Path::new("/"))
+        .unwrap_or_else(|err| testkit::missing(format_args!("a readable mount table ({err})")))
 }
 
 #[test]
-#[ignore = "needs root and a writable cgroup hierarchy"]
+#[ignore = "needs root and a writable cgroup v1 cpuacct hierarchy"]
 fn final_cpu_of_a_removed_v1_cgroup_is_completed_from_its_parent() {
     let mounts = real_mounts();
     let cpuacct = mounts
         .v1
         .cpuacct
-        .unwrap_or_else(|| panic!("needs a cgroup v1 cpuacct hierarchy (none mounted)"));
+        .unwrap_or_else(|| testkit::missing("a cgroup v1 cpuacct hierarchy"));
     final_cpu_within_one_percent(&cpuacct);
 }
 
 #[test]
-#[ignore = "needs root and a writable cgroup hierarchy"]
+#[ignore = "needs root and a writable cgroup2 hierarchy"]
 fn final_cpu_of_a_removed_v2_cgroup_is_completed_from_its_parent() {
     let mounts = real_mounts();
     let v2 = mounts
         .v2
-        .unwrap_or_else(|| panic!("needs a cgroup2 hierarchy (none mounted)"));
+        .unwrap_or_else(|| testkit::missing("a cgroup2 hierarchy"));
     final_cpu_within_one_percent(&v2);
 }
 
@@ -357,14 +353,10 @@ mod docker {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs root, a Docker engine and the joulebridge-test/busybox image (scripts/build-test-images.sh)"]
+    #[ignore = "needs root, the Docker engine and the test image (scripts/setup-test-env.sh)"]
     async fn docker_container_final_cpu_is_recorded_within_one_percent() {
-        if let Err(err) = docker(&["info", "--format", "{{.ID}}"]).await {
-            panic!("needs a Docker engine: docker info failed: {err}");
-        }
-        if docker(&["image", "inspect", IMAGE]).await.is_err() {
-            panic!("needs the {IMAGE} image: run scripts/build-test-images.sh");
-        }
+        testkit::require_root("reading the containers' parent cgroups");
+        testkit::require_docker_image(IMAGE);
         let systemd = docker(&["info", "--format", "{{.CgroupDriver}}"])
             .await
             .is_ok_and(|d| d == "systemd");
