@@ -35,12 +35,15 @@
 //! - `endpoint`: where the engine listens ([`DockerEndpoint`]) and the source's settings
 //!   ([`DockerConfig`]).
 //! - `registry`: the list-then-watch loop ([`run_registry`]) and its per-container state.
-//! - `convert`: pure conversions of the engine's JSON (inspect, list, events, `/proc/<pid>/cgroup`,
-//!   layout rules) into our types, never `unwrap()`ing the engine's `Option`s.
+//! - `convert`: pure conversions of the engine's JSON (inspect, list, events) into our types,
+//!   never `unwrap()`ing the engine's `Option`s.
+//! - `engine`: the engines' conventions: Docker or Podman, cgroup driver, where a container's
+//!   cgroup is (`/proc/<pid>/cgroup`, layout rules).
 //! - `exit_watch`: the pidfd watcher of a container's main process.
 
 mod convert;
 mod endpoint;
+mod engine;
 mod exit_watch;
 mod registry;
 
@@ -50,13 +53,16 @@ use std::path::PathBuf;
 use protocol::ContainerInfo;
 
 pub use convert::{
-    COMPOSE_NUMBER_LABEL, COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, CgroupDriver,
-    ContainerEvent, EngineKind, cgroup_path_from_layout, cgroup_path_from_proc, engine_description,
-    engine_kind, info_from_inspect, info_from_summary,
+    COMPOSE_NUMBER_LABEL, COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, ContainerEvent,
+    info_from_inspect, info_from_summary,
 };
 pub use endpoint::{
     DEFAULT_DOCKER_SOCKET, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,
     DOCKER_HOST_ENV, DockerConfig, DockerEndpoint,
+};
+pub use engine::{
+    CgroupDriver, EngineKind, cgroup_path_from_layout, cgroup_path_from_proc, engine_description,
+    engine_kind,
 };
 pub use registry::run_registry;
 

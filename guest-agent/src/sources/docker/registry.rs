@@ -15,9 +15,10 @@ use protocol::{ContainerInfo, ContainerState};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::convert::{
-    CgroupDriver, ContainerEvent, EngineKind, cgroup_path_from_layout, cgroup_path_from_proc,
-    engine_description, engine_kind, info_from_inspect, info_from_summary, summary_is_running,
+use super::convert::{ContainerEvent, info_from_inspect, info_from_summary, summary_is_running};
+use super::engine::{
+    CgroupDriver, EngineKind, cgroup_driver, cgroup_path_from_layout, cgroup_path_from_proc,
+    engine_description, engine_kind,
 };
 use super::exit_watch::{self, ExitNotice};
 use super::{
@@ -448,19 +449,6 @@ impl Registry {
         };
         exit_watch::spawn(fd, notice, self.exit_tx.clone(), token.clone())?;
         Some(token.drop_guard())
-    }
-}
-
-async fn cgroup_driver(docker: &Docker) -> CgroupDriver {
-    match docker.info().await {
-        Ok(info) => match info.cgroup_driver {
-            Some(bollard::models::SystemInfoCgroupDriverEnum::SYSTEMD) => CgroupDriver::Systemd,
-            _ => CgroupDriver::Cgroupfs,
-        },
-        Err(err) => {
-            tracing::debug!(error = %err, "Engine info unavailable; assuming the cgroupfs driver for layout rules.");
-            CgroupDriver::Cgroupfs
-        }
     }
 }
 

@@ -47,10 +47,18 @@
 //!   completions there are flagged [`Completion::Leaky`] (they may include some of that time).
 //! - A sibling born *and* gone within one period is invisible to any reader; its time is
 //!   inside `U` (a rare, bounded error in a [`Completion::Split`] or [`Completion::Exact`]).
+//! - **Read skew.** Parent and children cannot be read at one instant; a busy sibling keeps
+//!   running between the reads, and a sampler preempted between them (a loaded machine) lets
+//!   it run for milliseconds. The parent is read before the sampler reads the containers and
+//!   again after: its growth in between bounds the inconsistency. Above
+//!   [`SNAPSHOT_TOLERANCE`] the parent and its live children (CPU files only) are read again,
+//!   up to [`SNAPSHOT_ATTEMPTS`] times; a snapshot that never gets tight is still used,
+//!   flagged [`Completion::Approximate`]. A completion is off by at most the skew of the two
+//!   snapshots it spans (≤ 2 × 250 µs when tight).
 //!
 //! # Cost
 //!
-//! Per parent and sample: one `pread` of the parent's counter, one `stat` of its directory
+//! Per parent and sample: two `pread`s of the parent's counter, one `stat` of its directory
 //! (kernfs keeps `nlink` = 2 + subdirectories, so a new or vanished child shows without a
 //! directory walk) and one `pread` per child that is not a tracked container (none under
 //! `docker/`; the services under `system.slice`). The directory is listed only when `nlink`
