@@ -64,7 +64,7 @@
 //! `docker/`; the services under `system.slice`). The directory is listed only when `nlink`
 //! changed or a child left.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -268,14 +268,14 @@ impl ParentAccount {
         let unknown_all = |gone: &[&ChildReport<'_>]| gone.iter().map(|r| unknown(r)).collect();
 
         let mut seen: Vec<(String, Seen)> = reports.iter().map(|r| (name_of(r), r.seen)).collect();
-        let reported: Vec<String> = seen.iter().map(|(n, _)| n.clone()).collect();
+        let reported: HashSet<String> = seen.iter().map(|(n, _)| n.clone()).collect();
         // Children of the last sample that no container reports now: read them here.
         self.own.retain(|name, _| !reported.contains(name));
         let others: Vec<String> = self
             .ledger
             .children
             .keys()
-            .filter(|name| !reported.contains(name))
+            .filter(|name| !reported.contains(name.as_str()))
             .cloned()
             .collect();
         for name in others {
@@ -298,9 +298,13 @@ impl ParentAccount {
         if any_gone || unlisted || subdirs != Some(live) || self.ledger.parent.is_none() {
             match self.list_children() {
                 Ok(names) => {
+                    let live_names: HashSet<String> = seen
+                        .iter()
+                        .filter(|(_, s)| *s != Seen::Gone)
+                        .map(|(n, _)| n.clone())
+                        .collect();
                     for name in names {
-                        let known_live = seen.iter().any(|(n, s)| *n == name && *s != Seen::Gone);
-                        if known_live {
+                        if live_names.contains(&name) {
                             continue;
                         }
                         // A new cgroup (possibly a new one under a departed child's name).
@@ -375,6 +379,17 @@ impl ParentAccount {
             .take()
             .map_or(u64::MAX, |before| after.saturating_sub(before));
         let mut attempts = 0;
+        let files: HashMap<String, Option<&CounterFile>> = if skew > SNAPSHOT_TOLERANCE.0 {
+            reports
+                .iter()
+                .filter_map(|r| {
+                    let name = r.dir.file_name()?.to_string_lossy().into_owned();
+                    Some((name, r.cpu_file))
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
         while skew > SNAPSHOT_TOLERANCE.0 && attempts < SNAPSHOT_ATTEMPTS {
             attempts += 1;
             let kept: Vec<Seen> = seen.iter().map(|(_, state)| *state).collect();
@@ -383,12 +398,8 @@ impl ParentAccount {
                 if !matches!(state, Seen::Live(_)) {
                     continue;
                 }
-                let file = match reports.iter().find(|r| {
-                    r.dir
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy() == name.as_str())
-                }) {
-                    Some(report) => report.cpu_file,
+                let file = match files.get(name.as_str()) {
+                    Some(file) => *file,
                     None => self.own.get(name.as_str()),
                 };
                 *state = match file.map(|f| read_usage(f, buf, user_hz)) {
