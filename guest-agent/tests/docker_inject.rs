@@ -132,9 +132,6 @@ async fn inject_script_runs_the_agent_image_and_its_stream_reaches_the_host() {
             "--vm-name",
             &vm_name,
             "--add-host-gateway",
-            // This machine's engine runs in a sandbox without CAP_SYS_RESOURCE and cannot
-            // grant --privileged (the script says so and names this flag).
-            "--unprivileged",
         ],
     )
     .await;
@@ -142,11 +139,19 @@ async fn inject_script_runs_the_agent_image_and_its_stream_reaches_the_host() {
     let settings = docker(&[
         "inspect",
         "--format",
-        "{{.HostConfig.PidMode}} {{.HostConfig.CgroupnsMode}} {{.HostConfig.RestartPolicy.Name}}",
+        "{{.HostConfig.PidMode}} {{.HostConfig.CgroupnsMode}} {{.HostConfig.RestartPolicy.Name}} \
+         {{.HostConfig.Privileged}} {{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} \
+         {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.SecurityOpt}}",
         &agent,
     ])
     .await;
-    assert_eq!(settings, "host host unless-stopped");
+    // Least privilege: no --privileged, no capability at all, read-only root, no setuid gains.
+    // (The engine adds `label=disable` to the security options of --pid=host containers.)
+    assert!(
+        settings.starts_with("host host unless-stopped false [ALL] [] true [")
+            && settings.contains("no-new-privileges"),
+        "{settings}"
+    );
 
     let (stream, peer) = tokio::time::timeout(DEADLINE, listener.accept())
         .await
