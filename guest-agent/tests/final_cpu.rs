@@ -250,6 +250,84 @@ fn final_cpu_of_a_removed_v2_cgroup_is_completed_from_its_parent() {
     final_cpu_within_one_percent(&v2);
 }
 
+/// Two containers of one parent leave in the same period: their combined final CPU is exact,
+/// and split by their last-period rates (flagged `Split`), so each is close when they ran
+/// alike, and nothing is invented or lost.
+#[test]
+#[ignore = "needs root and a writable cgroup v1 cpuacct hierarchy"]
+#[allow(clippy::disallowed_methods)] // paces the synchronous sampler like the 1 s interval
+fn two_departures_in_one_period_share_the_remainder_exactly() {
+    let mounts = real_mounts();
+    let mount = mounts
+        .v1
+        .cpuacct
+        .clone()
+        .or_else(|| mounts.v2.clone())
+        .unwrap_or_else(|| testkit::missing("a cgroup hierarchy with CPU accounting"));
+    let parent = format!("joulebridge-split-{}", std::process::id());
+    let parent_dir = TestCgroup::create(mount.join(&parent));
+    let mut sampler = CgroupSampler::new(mounts);
+    let mut cgroups: Vec<TestCgroup> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let cgroup = TestCgroup::create(parent_dir.dir.join(id));
+            sampler
+                .track((*id).to_owned(), &format!("{parent}/{id}"))
+                .unwrap();
+            cgroup
+        })
+        .collect();
+    let mut out = Vec::new();
+    sampler.sample(&mut out);
+    for cgroup in &mut cgroups {
+        cgroup.spawn_busy();
+    }
+    for _ in 0..2 {
+        std::thread::sleep(PERIOD);
+        assert!(sampler.sample(&mut out).departed.is_empty());
+    }
+    std::thread::sleep(PERIOD / 2);
+    let mut truth = Vec::new();
+    for cgroup in &mut cgroups {
+        cgroup.stop();
+        truth.push(usage(&cgroup.dir).0);
+        cgroup.remove();
+    }
+    std::thread::sleep(PERIOD / 2);
+    let report = sampler.sample(&mut out);
+    let sent: Vec<u64> = ["a", "b"]
+        .iter()
+        .map(|id| out.iter().find(|c| c.id == *id).unwrap().cpu.usage.0)
+        .collect();
+    eprintln!(
+        "truth {truth:?} µs, sent {sent:?} µs, {:?}",
+        report.departed
+    );
+    assert_eq!(report.departed.len(), 2, "{report:?}");
+    assert!(
+        report
+            .departed
+            .iter()
+            .all(|d| matches!(d.completed, Some((_, Completion::Split { among: 2 }))))
+    );
+    let total_truth: u64 = truth.iter().sum();
+    let total_sent: u64 = sent.iter().sum();
+    #[allow(clippy::cast_precision_loss)]
+    let total_error = (total_sent as f64 - total_truth as f64).abs() / total_truth as f64;
+    assert!(
+        total_error <= 0.001,
+        "together: sent {total_sent} µs vs {total_truth} µs"
+    );
+    for (s, t) in sent.iter().zip(&truth) {
+        #[allow(clippy::cast_precision_loss)]
+        let error = (*s as f64 - *t as f64).abs() / *t as f64;
+        assert!(
+            error <= 0.05,
+            "each within 5 % when they ran alike: {s} vs {t}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The same through Docker and the agent's own pipeline: registry events, the Died pass, the
 // 1 s interval and the sample that finds the cgroup gone.
