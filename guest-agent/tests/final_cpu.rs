@@ -322,8 +322,8 @@ fn two_departures_in_one_period_share_the_remainder_exactly() {
         #[allow(clippy::cast_precision_loss)]
         let error = (*s as f64 - *t as f64).abs() / *t as f64;
         assert!(
-            error <= 0.05,
-            "each within 5 % when they ran alike: {s} vs {t}"
+            error <= 0.10,
+            "each within 10 % when they ran alike: {s} vs {t}"
         );
     }
 }
