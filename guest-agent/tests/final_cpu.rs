@@ -27,8 +27,10 @@ use protocol::CpuMicros;
 const PERIOD: Duration = Duration::from_secs(1);
 /// CPU time the departing container burns.
 const BURN: CpuMicros = CpuMicros(3_000_000);
-/// Runs in a row that must all pass.
-const RUNS: usize = 20;
+/// Runs in a row that must all pass: the 20 in the release tier of `scripts/test.sh`,
+/// 3 in the debug tier (the same code path; 20 runs take about 5 min per test, and the full
+/// tier runs both profiles).
+const RUNS: usize = if cfg!(debug_assertions) { 3 } else { 20 };
 /// Largest accepted relative error of the final usage.
 const TOLERANCE: f64 = 0.01;
 /// A run that has not burnt its CPU by then is stuck.
