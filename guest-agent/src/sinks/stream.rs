@@ -159,6 +159,9 @@ pub struct StreamSink {
     ping_id: u64,
     /// t3 of the last Pong, sent back in the next Ping so the bridge sees full round trips.
     last_pong: Option<PongReceipt>,
+    /// Where the bridge's Energy reports go (`--expose-energy`); latest wins, as each report
+    /// is cumulative.
+    energy: Option<watch::Sender<Option<protocol::EnergyReport>>>,
 }
 
 /// How one connection ended without an error.
@@ -188,7 +191,15 @@ impl StreamSink {
             stats: Arc::new(StreamStats::default()),
             ping_id: 0,
             last_pong: None,
+            energy: None,
         }
+    }
+
+    /// Hands the bridge's Energy reports to `tx` (the `--expose-energy` writer).
+    #[must_use]
+    pub fn with_energy(mut self, tx: watch::Sender<Option<protocol::EnergyReport>>) -> Self {
+        self.energy = Some(tx);
+        self
     }
 
     /// Shared counters of this sink.
@@ -392,6 +403,13 @@ impl StreamSink {
                 message: e.message,
             }),
             Some(Ok(Message::Goodbye(g))) => Ok(Some(SessionEnd::BridgeLeft(g.reason))),
+            Some(Ok(Message::Energy(report))) => {
+                if let Some(tx) = &self.energy {
+                    // No receiver left means the writer failed; it logged why.
+                    let _ignored = tx.send(Some(report));
+                }
+                Ok(None)
+            }
             Some(Ok(other)) => {
                 warn!(message = ?other, "Unexpected message from the bridge; ignoring it.");
                 Ok(None)
