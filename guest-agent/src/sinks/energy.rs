@@ -21,11 +21,19 @@
 //! ```
 //!
 //! The numbers are joulebridge's *attribution* of host energy, not a hardware counter; they
-//! move once per attribution window (see `docs/energy-in-the-vm.md`). Every file is replaced
-//! atomically (written beside, then renamed), so a reader sees the old or the new value, never
-//! a torn one. Counters never go backwards: the bridge's figures are cumulative per recording
-//! (`epoch`), and the state file carries what was exposed across agent restarts and recording
-//! changes. Only `energy_uj` under `powercap/` wraps, as the kernel's counters do.
+//! move once per attribution window (see `docs/energy-in-the-vm.md`). Counters never go
+//! backwards: the bridge's figures are cumulative per recording (`epoch`), and the state file
+//! carries what was exposed across agent restarts and recording changes. Only `energy_uj` under
+//! `powercap/` wraps, as the kernel's counters do.
+//!
+//! How files change: every file under `vm/` and `containers/` is replaced atomically (written
+//! beside, then renamed), so a reader sees the old or the new value, never a torn one. The
+//! powercap `energy_uj` cannot be: RAPL readers such as pyRAPL open it once and re-read it
+//! (`seek(0)` + read), which sysfs allows, and after a rename they would read the old file
+//! forever. It is rewritten in place with one `pwrite` at offset 0 (and truncated only when the
+//! value got shorter, i.e. at a wrap). Linux gives a read that overlaps that write no atomicity
+//! for regular files, so a read landing inside the write's few hundred nanoseconds, once per
+//! window, could mix digits; `vm/energy_uj` carries the same figure without that window.
 //!
 //! Everything here is a plain synchronous function over a root path. The stream sink hands
 //! reports to [`spawn_writer`]'s task over a `watch` channel: latest wins, which loses nothing
@@ -312,7 +320,7 @@ impl EnergyFiles {
     fn write_counters(&self) -> Result<(), EnergyFilesError> {
         let s = &self.state;
         let wrapped = s.vm.exposed % (MAX_ENERGY_RANGE_UJ + 1);
-        replace(
+        rewrite_in_place(
             &self.root.join("powercap/intel-rapl/intel-rapl:0/energy_uj"),
             &format!("{wrapped}\n"),
         )?;
@@ -398,6 +406,28 @@ fn replace(path: &Path, contents: &str) -> Result<(), EnergyFilesError> {
     f.write_all(contents.as_bytes()).map_err(err)?;
     f.sync_data().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Rewrites `path` in place (same inode, so readers holding it open see the new value): one
+/// positioned write at offset 0, then a truncate only when the new contents are shorter.
+fn rewrite_in_place(path: &Path, contents: &str) -> Result<(), EnergyFilesError> {
+    use std::os::unix::fs::FileExt as _;
+    let err = |source| EnergyFilesError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    f.write_all_at(contents.as_bytes(), 0).map_err(err)?;
+    let len = u64::try_from(contents.len()).unwrap_or(u64::MAX);
+    if f.metadata().map_err(err)?.len() > len {
+        f.set_len(len).map_err(err)?;
+    }
+    f.sync_data().map_err(err)
 }
 
 /// Points `link` at `target` (relative), replacing an older link atomically.
@@ -582,6 +612,27 @@ mod tests {
         assert_eq!(read(&root.join("containers/abc/energy_uj")), "1900");
         assert_eq!(read(&root.join("containers/def/energy_uj")), "300");
         assert_eq!(files.vm_exposed_uj(), 3_400);
+    }
+
+    #[test]
+    fn a_reader_holding_energy_uj_open_sees_every_update() {
+        use std::io::{Read as _, Seek as _};
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = EnergyFiles::open(dir.path()).unwrap();
+        let mut held =
+            std::fs::File::open(dir.path().join("powercap/intel-rapl:0/energy_uj")).unwrap();
+        let mut reread = || {
+            let mut s = String::new();
+            held.seek(std::io::SeekFrom::Start(0)).unwrap();
+            held.read_to_string(&mut s).unwrap();
+            s
+        };
+        assert_eq!(reread(), "0\n");
+        files.apply(&report(1, 123_456, &[])).unwrap();
+        assert_eq!(reread(), "123456\n");
+        files.apply(&report(2, MAX_ENERGY_RANGE_UJ, &[])).unwrap();
+        // Past the range: the counter wraps to a shorter value, and the file is cut to it.
+        assert_eq!(reread(), "123455\n");
     }
 
     #[test]
