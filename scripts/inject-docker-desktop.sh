@@ -29,6 +29,10 @@
 #   --add-host-gateway   add --add-host host.docker.internal:host-gateway (automatic on
 #                        engines other than Docker Desktop, where the name is not built in)
 #   --unprivileged       accepted for compatibility; the agent never runs privileged now
+#   --expose-energy      hand the bridge's attributed energy back into the VM: the agent writes
+#                        a powercap tree into the Docker volume joulebridge-energy, and this
+#                        script prints the --mount line that makes it /sys/class/powercap in
+#                        your own containers (RAPL readers such as CodeCarbon then work)
 # Remove it again with scripts/remove-docker-desktop.sh.
 set -euo pipefail
 
@@ -41,6 +45,8 @@ name="joulebridge-agent"
 build="auto"
 add_host_gateway="auto"
 extra=()
+expose_energy=0
+energy_volume="joulebridge-energy"
 # Marks containers this script created, so it never replaces someone else's container.
 role_label="org.joulebridge.role=guest-agent"
 
@@ -57,8 +63,9 @@ while [[ $# -gt 0 ]]; do
         --no-build) build="never"; shift ;;
         --add-host-gateway) add_host_gateway="yes"; shift ;;
         --unprivileged) shift ;;
+        --expose-energy) expose_energy=1; shift ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "inject-docker-desktop.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -129,7 +136,14 @@ run_args=(
 if [[ $add_host_gateway == "yes" ]]; then
     run_args+=(--add-host "host.docker.internal:host-gateway")
 fi
+if [[ $expose_energy -eq 1 ]]; then
+    # A named volume lives inside the VM and keeps the counters' state across agent restarts.
+    run_args+=(--volume "$energy_volume:/energy")
+fi
 run_args+=("$image" --connect "tcp://$bridge_host:$bridge_port" --vm-name "$vm_name")
+if [[ $expose_energy -eq 1 ]]; then
+    run_args+=(--expose-energy /energy)
+fi
 run_args+=("${extra[@]}")
 
 err="$(mktemp)"
@@ -167,3 +181,17 @@ if [[ $status != "running" || ${restarts:-0} -gt 0 ]]; then
 fi
 echo "inject-docker-desktop.sh: agent '$name' ($image) is running on $os and streams to tcp://$bridge_host:$bridge_port as '$vm_name'."
 echo "inject-docker-desktop.sh: remove it with scripts/remove-docker-desktop.sh${name:+ --name $name}"
+if [[ $expose_energy -eq 1 ]]; then
+    # A container can mount over /sys/class/powercap only where the VM's kernel has that
+    # directory; elsewhere the tree goes over /sys/class as a whole (hiding the rest of it).
+    if docker run --rm --network none --entrypoint /guest-agent \
+            --mount type=volume,src="$energy_volume",dst=/sys/class/powercap,volume-subpath=powercap,readonly \
+            "$image" --version >/dev/null 2>&1; then
+        mount_line="--mount type=volume,src=$energy_volume,dst=/sys/class/powercap,volume-subpath=powercap,readonly"
+    else
+        mount_line="--mount type=volume,src=$energy_volume,dst=/sys/class,readonly"
+    fi
+    echo "inject-docker-desktop.sh: attributed energy is exposed in the volume $energy_volume; give a container RAPL with:"
+    echo "    docker run $mount_line …"
+    echo "inject-docker-desktop.sh: the figures are joulebridge's attribution (not a hardware counter), updated once per window; see docs/energy-in-the-vm.md"
+fi
