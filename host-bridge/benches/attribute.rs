@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use host_bridge::journal::RecordEntry;
 use host_bridge::pipeline::{Engine, IdlePolicy, PipelineConfig};
-use host_bridge::recording::RecordEntry;
 use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use protocol::codec;
 use protocol::{

@@ -5,9 +5,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use protocol::endpoint::EndpointError;
 
-use crate::cli::{PowerArgs, ReplayPace, ServeArgs};
+use crate::cli::{AttributionArgs, PowerArgs, ReplayPace, ServeArgs};
+use crate::pipeline::{IdleModel, PipelineConfig};
+use crate::report::model::GridIntensity;
 use crate::sources::power::estimate::{
     DEFAULT_IDLE_WATTS_PER_CPU, DEFAULT_MAX_WATTS_PER_CPU, EstimateModel,
 };
@@ -18,6 +21,8 @@ use crate::sources::power::{PowerConfig, SourceChoice, VmSelector};
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default stall limit inside a frame.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default silence limit between frames (agents ping every 10 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Shortest accepted `--power-interval-ms` (powermetrics' own floor is about 10 ms).
 pub const MIN_POWER_INTERVAL_MS: u64 = 10;
 /// Longest accepted `--power-interval-ms` (one hour).
@@ -196,25 +201,54 @@ fn estimate_model(args: &PowerArgs) -> Result<Option<EstimateModel>, ConfigError
     Ok(Some(model))
 }
 
+/// `--listen` values, parsed and checked against what this host can listen on.
+fn listen_endpoints(listen: &[String]) -> Result<Vec<ListenEndpoint>, ConfigError> {
+    let listen = listen
+        .iter()
+        .map(|s| s.parse::<ListenEndpoint>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::Listen)?;
+    if !cfg!(target_os = "linux")
+        && let Some(v) = listen
+            .iter()
+            .find(|e| matches!(e, ListenEndpoint::Vsock { .. }))
+    {
+        return Err(ConfigError::VsockUnsupported {
+            input: v.to_string(),
+        });
+    }
+    Ok(listen)
+}
+
+impl Config {
+    /// A bridge listening on `listen`, recording to `record` and reading host power as `power`
+    /// says, with the defaults for everything else and no live table (what `measure` runs).
+    ///
+    /// # Errors
+    /// An endpoint or power flag that cannot be used.
+    pub fn with_defaults(
+        listen: &[String],
+        record: PathBuf,
+        power: &PowerArgs,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: listen_endpoints(listen)?,
+            record,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            auth_token: None,
+            live: false,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            power: Some(PowerConfig::try_from(power)?),
+        })
+    }
+}
+
 impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
-        let listen = args
-            .listen
-            .iter()
-            .map(|s| s.parse::<ListenEndpoint>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::Listen)?;
-        if !cfg!(target_os = "linux")
-            && let Some(v) = listen
-                .iter()
-                .find(|e| matches!(e, ListenEndpoint::Vsock { .. }))
-        {
-            return Err(ConfigError::VsockUnsupported {
-                input: v.to_string(),
-            });
-        }
+        let listen = listen_endpoints(&args.listen)?;
         if args.max_connections == 0 {
             return Err(ConfigError::OutOfRange {
                 flag: "--max-connections",
@@ -250,6 +284,52 @@ impl TryFrom<ServeArgs> for Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
             power: Some(power),
         })
+    }
+}
+
+impl AttributionArgs {
+    /// The pipeline configuration these flags describe.
+    ///
+    /// # Errors
+    /// A window or idle power that is not a positive finite number.
+    pub fn pipeline_config(&self) -> anyhow::Result<PipelineConfig> {
+        anyhow::ensure!(
+            self.window.is_finite() && self.window >= 0.001,
+            "--window must be at least 0.001 s, got {}",
+            self.window
+        );
+        let idle = match self.idle_watts {
+            None => IdleModel::default(),
+            Some(w) => {
+                anyhow::ensure!(
+                    w.is_finite() && w >= 0.0,
+                    "--idle-watts must be a non-negative number, got {w}"
+                );
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked ≥ 0
+                let idle_mw = (w * 1_000.0).round() as u64;
+                IdleModel::Baseline { idle_mw }
+            }
+        };
+        Ok(PipelineConfig {
+            window: Duration::from_secs_f64(self.window),
+            policy: self.policy,
+            idle,
+            ..PipelineConfig::default()
+        })
+    }
+
+    /// The grid intensity, validated.
+    ///
+    /// # Errors
+    /// A negative or non-finite intensity.
+    pub fn grid(&self) -> anyhow::Result<Option<GridIntensity>> {
+        self.grid_intensity
+            .map(|g| {
+                GridIntensity::new(g).with_context(|| {
+                    format!("--grid-intensity must be a non-negative number, got {g}")
+                })
+            })
+            .transpose()
     }
 }
 

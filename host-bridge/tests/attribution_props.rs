@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
+use host_bridge::journal::RecordEntry;
+use host_bridge::journal::{HostCpu, PowerSample, Provenance, VmShare};
 use host_bridge::pipeline::apportion::{Share, VmInput, WindowInput, split_exact, split_window};
 use host_bridge::pipeline::{
     self, Engine, IdleModel, IdlePolicy, Ledger, PipelineConfig, VmShareBasis,
 };
-use host_bridge::recording::RecordEntry;
-use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use proptest::prelude::*;
 use protocol::{
     CgroupMode, ClockReading, ContainerCounters, CpuCounters, CpuMicros, Hello, Message,

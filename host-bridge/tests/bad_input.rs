@@ -344,8 +344,8 @@ async fn rejections_and_open_connections_are_counted_on_metrics() {
         idle_timeout: Duration::from_secs(60),
         power: None,
     };
-    let attribution = host_bridge::commands::AttributionArgs {
-        policy: host_bridge::commands::PolicyArg::Exclude,
+    let attribution = host_bridge::cli::AttributionArgs {
+        policy: host_bridge::pipeline::IdlePolicy::Exclude,
         window: 5.0,
         idle_watts: None,
         grid_intensity: None,
@@ -353,11 +353,11 @@ async fn rejections_and_open_connections_are_counted_on_metrics() {
     let mut bridge = host_bridge::serve::Bridge::bind(config)
         .await
         .expect("bridge binds");
-    let live = host_bridge::commands::live_attribution::attach(
+    let live = host_bridge::serve::live::attach(
         &mut bridge,
         &record,
         attribution.pipeline_config().expect("pipeline settings"),
-        Some(host_bridge::commands::live_attribution::MetricsBind {
+        Some(host_bridge::serve::live::MetricsBind {
             addr: "127.0.0.1:0".parse().expect("address"),
             required: true,
         }),

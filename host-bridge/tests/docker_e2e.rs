@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use host_bridge::config::{Config, ListenEndpoint};
-use host_bridge::recording::{RecordEntry, RecordingReader};
+use host_bridge::journal::{RecordEntry, RecordingReader};
 use host_bridge::serve::Bridge;
 use protocol::{ContainerInfo, ContainerState, Message};
 use tokio::sync::oneshot;

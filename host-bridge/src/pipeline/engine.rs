@@ -23,8 +23,7 @@ use super::{
     Attribution, ConfigEcho, ContainerWindow, IdleModel, Ledger, PipelineConfig, PipelineError,
     Quality, VmShareBasis, VmWindow, WindowFlags, WindowReport,
 };
-use crate::recording::RecordEntry;
-use crate::sources::power::{PowerSample, Provenance};
+use crate::journal::{PowerSample, PowerSourceKind, Provenance, RecordEntry};
 
 const NS_PER_MS: u64 = 1_000_000;
 const PPM: u64 = 1_000_000;
@@ -220,7 +219,7 @@ pub struct Engine {
     quality: Quality,
     covered_ns: u128,
     window_total_ns: u128,
-    source_kind: Option<String>,
+    source_kind: Option<PowerSourceKind>,
     source_provenance: Option<Provenance>,
     scratch: Vec<(usize, u64)>,
 }
@@ -316,7 +315,7 @@ impl Engine {
             RecordEntry::PowerSource {
                 kind, provenance, ..
             } => {
-                self.source_kind = Some(kind.clone());
+                self.source_kind = Some(*kind);
                 self.source_provenance = Some(*provenance);
                 if *provenance == Provenance::Estimated {
                     self.quality.estimated_source = true;
@@ -981,7 +980,7 @@ fn ratio_ppm(num: u128, den: u128) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::power::{HostCpu, VmShare};
+    use crate::journal::{HostCpu, VmShare};
     use protocol::{
         CgroupMode, ClockReading, ContainerCounters, CpuCounters, Goodbye, ProtocolVersion,
         UnixNanos,
@@ -1216,7 +1215,7 @@ mod tests {
     #[test]
     fn host_reboot_starts_a_new_time_line_and_keeps_the_ledger() {
         let session = |mono: u64| {
-            RecordEntry::Session(crate::recording::SessionStart {
+            RecordEntry::Session(crate::journal::SessionStart {
                 bridge_version: "t".into(),
                 mono: MonoNanos(mono),
                 unix: UnixNanos(0),

@@ -11,8 +11,10 @@
 //! - the quality flags. When the power source is a model, every energy figure is marked
 //!   "estimated".
 
-use super::csv::watts;
-use super::model::{Bounded, Bucket, CarbonGrams, Report, SeriesPoint};
+use protocol::MicroJoules;
+
+use super::model::{Bounded, CarbonGrams, Report, SeriesPoint};
+use crate::pipeline::BucketKind;
 
 /// Chart size in SVG user units.
 const CHART_W: f64 = 960.0;
@@ -32,7 +34,7 @@ const PALETTE: [&str; 12] = [
 ];
 /// Marker of degraded windows.
 const DEGRADED: &str = "#D55E00";
-/// Bucket colours (greys), in [`Bucket::ALL`] order.
+/// BucketKind colours (greys), in [`BucketKind::ALL`] order.
 const BUCKET_GREYS: [&str; 5] = ["#8c8c8c", "#a6a6a6", "#bfbfbf", "#d9d9d9", "#ececec"];
 
 const STYLE: &str = r#"
@@ -177,7 +179,7 @@ fn layers(report: &Report) -> Vec<Layer> {
             is_bucket: false,
         })
         .collect();
-    for (i, bucket) in Bucket::ALL.iter().enumerate() {
+    for (i, bucket) in BucketKind::ALL.iter().enumerate() {
         let present = report
             .series
             .iter()
@@ -196,7 +198,7 @@ fn layers(report: &Report) -> Vec<Layer> {
 
 fn layer_uj(point: &SeriesPoint, layer: &Layer) -> u64 {
     if layer.is_bucket {
-        Bucket::ALL
+        BucketKind::ALL
             .iter()
             .find(|b| b.as_str() == layer.key)
             .and_then(|b| point.buckets_uj.get(b))
@@ -245,7 +247,7 @@ fn chart(report: &Report, out: &mut String) {
         .map(|c| {
             c.layers_uj
                 .iter()
-                .map(|uj| watts(*uj, c.t1 - c.t0))
+                .map(|uj| MicroJoules(*uj).average_watts(c.t1 - c.t0))
                 .collect()
         })
         .collect();
@@ -426,7 +428,7 @@ fn summary_table(report: &Report, out: &mut String) {
             energy_cells(c.energy, est),
             c.share * 100.0,
             protocol::CpuMicros(c.cpu_us).as_secs_f64(),
-            watts(c.energy.energy_uj, report.duration_s)));
+            MicroJoules(c.energy.energy_uj).average_watts(report.duration_s)));
         out.push_str(&carbon_cell(carbon, c.carbon_g));
         out.push_str("</tr>");
     }
@@ -434,13 +436,13 @@ fn summary_table(report: &Report, out: &mut String) {
         out.push_str(&format!(r#"<tr data-bucket="{0}"><td><em>{0}</em></td><td></td><td></td><td></td>{1}<td></td><td></td><td class="num">{2:.3}</td>"#,
             b.bucket.as_str(),
             energy_cells(b.energy, est),
-            watts(b.energy.energy_uj, report.duration_s)));
+            MicroJoules(b.energy.energy_uj).average_watts(report.duration_s)));
         out.push_str(&carbon_cell(carbon, b.carbon_g));
         out.push_str("</tr>");
     }
     out.push_str(&format!(r#"<tr class="total" data-total="host"><td>Host total</td><td></td><td></td><td></td>{}<td></td><td></td><td class="num">{:.3}</td>"#,
         energy_cells(report.totals.host, est),
-        watts(report.totals.host.energy_uj, report.duration_s)));
+        MicroJoules(report.totals.host.energy_uj).average_watts(report.duration_s)));
     out.push_str(&carbon_cell(carbon, report.totals.carbon_g));
     out.push_str("</tr></tbody></table>");
 }

@@ -34,9 +34,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use host_bridge::journal::{HostCpu, PowerSample, PowerSourceKind, Provenance, VmShare};
+use host_bridge::journal::{RecordEntry, RecordingReader, RecordingWriter, SessionStart};
 use host_bridge::pipeline::{self, Attribution, IdlePolicy, PipelineConfig};
-use host_bridge::recording::{RecordEntry, RecordingReader, RecordingWriter, SessionStart};
-use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use protocol::codec;
 use protocol::{
     CgroupMode, ClockReading, ContainerCounters, ContainerInfo, ContainerState, Containers,
@@ -312,7 +312,12 @@ impl Scenario {
             &mut timed,
             H0 - 900_000,
             RecordEntry::PowerSource {
-                kind: "sim".into(),
+                // The simulated meter is a sensor unless the scenario says estimated.
+                kind: if self.provenance == Provenance::Estimated {
+                    PowerSourceKind::Estimate
+                } else {
+                    PowerSourceKind::Rapl
+                },
                 reason: "simulation".into(),
                 provenance: self.provenance,
             },

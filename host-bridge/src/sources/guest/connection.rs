@@ -31,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::listener::BoxedStream;
+use super::stats::BridgeStats;
 use crate::clock;
-use crate::recording::RecordEntry;
-use crate::sinks::prometheus::BridgeStats;
-use crate::sinks::recorder::{Origin, Record, RecorderHandle, StreamKey};
+use crate::journal::RecordEntry;
+use crate::journal::recorder::{Origin, Record, RecorderHandle, StreamKey};
 
 /// What every connection task shares.
 #[derive(Debug)]

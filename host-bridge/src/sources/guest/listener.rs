@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use super::connection::{self, ConnectionContext};
-use crate::config::ListenEndpoint;
+use protocol::endpoint::Endpoint as ListenEndpoint;
 
 /// First delay after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);

@@ -29,7 +29,8 @@ use protocol::Message;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::recording::{RecordEntry, RecordingError, RecordingWriter, SessionStart};
+use super::file::{RecordingError, RecordingWriter};
+use super::record::{RecordEntry, SessionStart};
 
 /// Entries waiting for the recorder. Overflow policy: senders `send().await` (back-pressure
 /// to the socket readers, then to the agents through flow control).
@@ -471,7 +472,7 @@ mod tests {
         assert_eq!(*ack_rx.borrow(), Some(3));
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
 
-        let read = crate::recording::RecordingReader::read_all(&path).unwrap();
+        let read = crate::journal::RecordingReader::read_all(&path).unwrap();
         let seqs: Vec<u64> = read
             .entries
             .iter()
