@@ -15,6 +15,7 @@
 //! the outcomes are known: every rejected frame counts once in `frames_rejected`, and a drop
 //! guard keeps `connections_open` right on every exit path, early returns and panics included.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,11 +31,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::listener::BoxedStream;
 use super::stats::BridgeStats;
 use crate::clock;
 use crate::journal::RecordEntry;
 use crate::journal::recorder::{Origin, Record, RecorderHandle, StreamKey};
+
+/// A connected agent stream, whatever the transport.
+pub trait GuestStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> GuestStream for T {}
+
+/// A boxed [`GuestStream`].
+pub type BoxedStream = Pin<Box<dyn GuestStream>>;
 
 /// What every connection task shares.
 #[derive(Debug)]
