@@ -3,7 +3,8 @@
 //!
 //! - [`frame`]: the NUL framer (holds an incomplete trailing document; drops and counts it at
 //!   EOF).
-//! - [`parse`]: a pull parser that extracts only the needed keys from one document.
+//! - [`plist`]: a pull cursor over one plist document (generic: dicts, scalars, skipping).
+//! - [`parse`]: the powermetrics schema: the keys the bridge needs, read with that cursor.
 //! - [`spawn`]: the child-process supervisor (arguments per macOS release, stderr drained,
 //!   restarts with gaps recorded, the "run as root" diagnosis).
 //! - This module: turning a parsed document into a [`PowerSample`] ([`to_sample`]) and the
@@ -21,6 +22,7 @@
 
 pub mod frame;
 pub mod parse;
+pub mod plist;
 pub mod spawn;
 
 use protocol::{MicroJoules, MonoNanos};
