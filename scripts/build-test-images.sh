@@ -7,7 +7,7 @@
 # Used as a CPU burner:   docker run joulebridge-test/busybox sh -c 'while :; do :; done'
 # and as an idle process: docker run joulebridge-test/busybox sleep 3600
 #
-# Installs busybox-static and podman with apt-get when missing (Debian/Ubuntu CI hosts).
+# Needs busybox-static and, for the Podman image, podman (scripts/setup-test-env.sh installs both).
 # Usage: scripts/build-test-images.sh [--force]
 set -euo pipefail
 
@@ -29,14 +29,8 @@ fi
 
 is_static() { file -L "$1" 2>/dev/null | grep -q 'statically linked'; }
 
-missing=()
-if [[ ! -x $BUSYBOX ]] || ! is_static "$BUSYBOX"; then missing+=(busybox-static file); fi
-command -v podman >/dev/null 2>&1 || missing+=(podman)
-if [[ ${#missing[@]} -gt 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-fi
 if [[ ! -x $BUSYBOX ]] || ! is_static "$BUSYBOX"; then
-    echo "build-test-images.sh: need a statically linked $BUSYBOX (Debian package busybox-static)" >&2
+    echo "build-test-images.sh: need a statically linked $BUSYBOX (Debian package busybox-static; scripts/setup-test-env.sh installs it)" >&2
     exit 1
 fi
 
@@ -71,5 +65,5 @@ build_with docker
 if command -v podman >/dev/null 2>&1; then
     build_with podman
 else
-    echo "build-test-images.sh: podman not installed; the Podman test will fail" >&2
+    echo "build-test-images.sh: podman not installed; the Podman test will fail (scripts/setup-test-env.sh installs it)" >&2
 fi

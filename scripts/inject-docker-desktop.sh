@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Run the joulebridge guest agent inside Docker Desktop's Linux VM, as a container.
 #
-# Docker Desktop's VM root is a read-only image, so the agent is injected as a privileged
-# container that restarts with the engine: host PID namespace (to read /proc/<pid>/cgroup of
-# every container), host cgroup namespace and a read-only /sys/fs/cgroup (every container's
-# counters), and the Docker socket (names and compose services). It streams over TCP to the
-# bridge on the Mac via host.docker.internal (Docker Desktop forwards that to the Mac's
-# localhost, where `host-bridge serve` listens on 127.0.0.1:7777 by default).
+# Docker Desktop's VM root is a read-only image, so the agent is injected as a container that
+# restarts with the engine, with the fewest privileges that work:
+#   --pid=host          to read /proc/<pid>/cgroup of every container's main process (that file
+#                       is world-readable) and to watch its exit with pidfd_open (no capability)
+#   --cgroupns=host and /sys/fs/cgroup read-only
+#                       every container's counters (the counter files are world-readable)
+#   the Docker socket   names, images and compose labels, through the read-only part of the API
+#                       (GET /version, /containers/json, /containers/{id}/json, /events); the
+#                       socket cannot be limited to that by a mount, so the image is the
+#                       guarantee: it holds only the agent binary
+#   --cap-drop ALL, --security-opt no-new-privileges, --read-only, no --privileged
+#                       the agent needs no capability: it reads, it never writes to the VM
+# It streams over TCP to the bridge on the Mac via host.docker.internal (Docker Desktop forwards
+# that to the Mac's localhost, where `host-bridge serve` listens on 127.0.0.1:7777 by default).
 #
 # Usage: scripts/inject-docker-desktop.sh [options] [-- extra agent arguments]
 #   --bridge-host HOST   where the bridge listens, as seen from containers
@@ -20,9 +28,7 @@
 #                        (default: build only when the image is missing)
 #   --add-host-gateway   add --add-host host.docker.internal:host-gateway (automatic on
 #                        engines other than Docker Desktop, where the name is not built in)
-#   --unprivileged       omit --privileged (keeps host PID/cgroup namespaces and the mounts).
-#                        Enough for the TCP transport; for engines that refuse --privileged,
-#                        e.g. inside a sandbox whose capability set lacks CAP_SYS_RESOURCE
+#   --unprivileged       accepted for compatibility; the agent never runs privileged now
 # Remove it again with scripts/remove-docker-desktop.sh.
 set -euo pipefail
 
@@ -34,7 +40,6 @@ image="joulebridge/guest-agent:dev"
 name="joulebridge-agent"
 build="auto"
 add_host_gateway="auto"
-privileged=1
 extra=()
 # Marks containers this script created, so it never replaces someone else's container.
 role_label="org.joulebridge.role=guest-agent"
@@ -51,9 +56,9 @@ while [[ $# -gt 0 ]]; do
         --build) build="always"; shift ;;
         --no-build) build="never"; shift ;;
         --add-host-gateway) add_host_gateway="yes"; shift ;;
-        --unprivileged) privileged=0; shift ;;
+        --unprivileged) shift ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "inject-docker-desktop.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -116,13 +121,11 @@ run_args=(
     --label "$role_label"
     --restart unless-stopped
     --pid=host --cgroupns=host
+    --cap-drop ALL --security-opt no-new-privileges --read-only
     --volume /sys/fs/cgroup:/sys/fs/cgroup:ro
     --volume /var/run/docker.sock:/var/run/docker.sock
     --log-opt max-size=1m --log-opt max-file=2
 )
-if [[ $privileged -eq 1 ]]; then
-    run_args+=(--privileged)
-fi
 if [[ $add_host_gateway == "yes" ]]; then
     run_args+=(--add-host "host.docker.internal:host-gateway")
 fi
@@ -136,9 +139,6 @@ if ! docker "${run_args[@]}" >/dev/null 2>"$err"; then
     if mentions_eci <"$err"; then
         explain_eci
         exit 3
-    fi
-    if [[ $privileged -eq 1 ]] && grep -q 'apply caps' "$err"; then
-        die "this engine cannot grant --privileged (its own capability set is restricted); retry with --unprivileged, which is enough for the TCP transport"
     fi
     die "docker run failed"
 fi

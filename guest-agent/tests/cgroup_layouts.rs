@@ -854,16 +854,17 @@ fn real_mounts() -> CgroupMounts {
 // The project CI host is hybrid with separate `cpu` and `cpuacct` mounts and cgroup2 at
 // /sys/fs/cgroup/unified. Whenever that cgroup2 mount exists, discovery must say so.
 #[test]
+#[ignore = "needs the CI host's hybrid cgroup layout (cgroup2 at /sys/fs/cgroup/unified)"]
 fn real_mountinfo_of_this_machine() {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let unified_is_cgroup2 = mountinfo.lines().any(|l| {
         let fields: Vec<&str> = l.split(' ').collect();
         fields.get(4) == Some(&"/sys/fs/cgroup/unified") && l.contains(" - cgroup2 ")
     });
-    if !unified_is_cgroup2 {
-        eprintln!("skipped: /sys/fs/cgroup/unified is not a cgroup2 mount on this machine");
-        return;
-    }
+    testkit::require(
+        unified_is_cgroup2,
+        "a cgroup2 mount at /sys/fs/cgroup/unified (the hybrid layout this test checks)",
+    );
     let mounts = real_mounts();
     assert_eq!(mounts.mode, CgroupMode::Hybrid);
     assert_eq!(
@@ -894,22 +895,20 @@ struct RealCgroup {
 }
 
 impl RealCgroup {
-    /// Creates `<mount>/<name>`; `None` (with the reason printed) when that is not permitted.
-    fn create(mount: &Path, name: &str) -> Option<Self> {
+    /// Creates `<mount>/<name>`; fails the test, naming what is missing, when it cannot.
+    fn create(mount: &Path, name: &str) -> Self {
+        testkit::require_root("creating cgroups");
         let dir = mount.join(name);
         if fs::remove_dir(&dir).is_ok() {
             eprintln!("removed a leftover test cgroup {}", dir.display());
         }
-        match fs::create_dir(&dir) {
-            Ok(()) => Some(Self { dir, child: None }),
-            Err(err) => {
-                eprintln!(
-                    "skipped: cannot create a cgroup at {}: {err} (needs root and a writable cgroup mount)",
-                    dir.display()
-                );
-                None
-            }
+        if let Err(err) = fs::create_dir(&dir) {
+            testkit::missing(format_args!(
+                "a writable cgroup mount (creating {} failed: {err})",
+                dir.display()
+            ));
         }
+        Self { dir, child: None }
     }
 
     /// Starts a busy loop and moves it into this cgroup.
@@ -980,16 +979,14 @@ fn read_u64(path: &Path) -> u64 {
 // A real v1 `cpuacct` cgroup (the CI host's layout): a busy child moved into it makes usage
 // grow, and once the child is gone the sampler's numbers equal the kernel files read directly.
 #[test]
+#[ignore = "needs root and a cgroup v1 cpuacct hierarchy"]
 fn real_v1_cpuacct_cgroup_tracks_a_busy_child() {
     let mounts = real_mounts();
     let Some(cpuacct) = mounts.v1.cpuacct.clone() else {
-        eprintln!("skipped: no v1 cpuacct hierarchy mounted on this machine");
-        return;
+        testkit::missing("a cgroup v1 cpuacct hierarchy");
     };
     let name = format!("joulebridge-test-{}-busy", std::process::id());
-    let Some(mut cgroup) = RealCgroup::create(&cpuacct, &name) else {
-        return;
-    };
+    let mut cgroup = RealCgroup::create(&cpuacct, &name);
     let mut sampler = CgroupSampler::new(mounts);
     sampler.add_explicit(name.clone()).unwrap();
     let report = sampler.rescan().unwrap();
@@ -1039,16 +1036,14 @@ fn real_v1_cpuacct_cgroup_tracks_a_busy_child() {
 // fail with ENODEV, so the container is dropped as vanished; recreated at the same path (a
 // container restarted under the same id) it is re-tracked with counters back near zero.
 #[test]
+#[ignore = "needs root and a cgroup2 hierarchy"]
 fn real_v2_cgroup_vanishes_and_reappears_with_reset_counters() {
     let mounts = real_mounts();
     let Some(v2) = mounts.v2.clone() else {
-        eprintln!("skipped: no cgroup2 hierarchy mounted on this machine");
-        return;
+        testkit::missing("a cgroup2 hierarchy");
     };
     let name = format!("joulebridge-test-{}-vanish", std::process::id());
-    let Some(mut cgroup) = RealCgroup::create(&v2, &name) else {
-        return;
-    };
+    let mut cgroup = RealCgroup::create(&v2, &name);
     let mut sampler = CgroupSampler::new(mounts);
     sampler.add_explicit(name.clone()).unwrap();
     sampler.rescan().unwrap();

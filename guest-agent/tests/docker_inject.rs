@@ -3,10 +3,8 @@
 //! address as containers see it (the docker0 gateway; Docker Desktop's `host.docker.internal`
 //! plays that role on a Mac).
 //!
-//! Needs the agent image (`scripts/build-agent-image.sh`, run by CI before the tests) and the
-//! busybox test image (`scripts/build-test-images.sh`, built on demand).
+//! Needs the agent image and the busybox test image, both built by `scripts/setup-test-env.sh`.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,13 +16,6 @@ use tokio_util::codec::Framed;
 const AGENT_IMAGE: &str = "joulebridge/guest-agent:dev";
 const BUSYBOX: &str = "joulebridge-test/busybox:latest";
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate lives inside the workspace")
-        .to_path_buf()
-}
 
 async fn run(program: &str, args: &[&str]) -> (bool, String, String) {
     let out = tokio::time::timeout(
@@ -66,16 +57,11 @@ impl Drop for Cleanup {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine, the agent image and the test image (scripts/setup-test-env.sh)"]
 async fn inject_script_runs_the_agent_image_and_its_stream_reaches_the_host() {
-    let (image_present, _, _) = run("docker", &["image", "inspect", AGENT_IMAGE]).await;
-    assert!(
-        image_present,
-        "agent image {AGENT_IMAGE} missing: run scripts/build-agent-image.sh first"
-    );
-    let scripts = workspace_root().join("scripts");
-    let build = scripts.join("build-test-images.sh");
-    let (built, _, err) = run(build.to_str().expect("utf-8 path"), &[]).await;
-    assert!(built, "build-test-images.sh failed: {err}");
+    testkit::require_docker_image(AGENT_IMAGE);
+    testkit::require_docker_image(BUSYBOX);
+    let scripts = testkit::workspace_root().join("scripts");
 
     let tag = format!("{}-{}", std::process::id(), rand::random::<u32>());
     let agent = format!("jbt-inject-agent-{tag}");
@@ -146,9 +132,6 @@ async fn inject_script_runs_the_agent_image_and_its_stream_reaches_the_host() {
             "--vm-name",
             &vm_name,
             "--add-host-gateway",
-            // This machine's engine runs in a sandbox without CAP_SYS_RESOURCE and cannot
-            // grant --privileged (the script says so and names this flag).
-            "--unprivileged",
         ],
     )
     .await;
@@ -156,11 +139,19 @@ async fn inject_script_runs_the_agent_image_and_its_stream_reaches_the_host() {
     let settings = docker(&[
         "inspect",
         "--format",
-        "{{.HostConfig.PidMode}} {{.HostConfig.CgroupnsMode}} {{.HostConfig.RestartPolicy.Name}}",
+        "{{.HostConfig.PidMode}} {{.HostConfig.CgroupnsMode}} {{.HostConfig.RestartPolicy.Name}} \
+         {{.HostConfig.Privileged}} {{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} \
+         {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.SecurityOpt}}",
         &agent,
     ])
     .await;
-    assert_eq!(settings, "host host unless-stopped");
+    // Least privilege: no --privileged, no capability at all, read-only root, no setuid gains.
+    // (The engine adds `label=disable` to the security options of --pid=host containers.)
+    assert!(
+        settings.starts_with("host host unless-stopped false [ALL] [] true [")
+            && settings.contains("no-new-privileges"),
+        "{settings}"
+    );
 
     let (stream, peer) = tokio::time::timeout(DEADLINE, listener.accept())
         .await

@@ -1,7 +1,7 @@
 //! The Docker metadata registry against the real engine of the test machine.
 //!
 //! Containers run `joulebridge-test/busybox` (FROM scratch + Debian's busybox-static), built
-//! by `scripts/build-test-images.sh` when missing: no image registry is needed. Every test
+//! by `scripts/setup-test-env.sh`: no image registry is needed. Every test
 //! uses unique container names and removes its containers in a guard, even on failure.
 //! Other engineers' containers may come and go on the same engine; assertions only look at
 //! events for this test's own container ids.
@@ -21,15 +21,6 @@ use tokio_util::sync::CancellationToken;
 const IMAGE: &str = "joulebridge-test/busybox:latest";
 /// How long any single expected event may take to arrive.
 const EVENT_DEADLINE: Duration = Duration::from_secs(60);
-/// Environment variable that turns [`denied_socket_child`] on (set by the parent test).
-const DENIED_SOCKET_ENV: &str = "JOULEBRIDGE_TEST_DENIED_SOCKET";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate lives inside the workspace")
-        .to_path_buf()
-}
 
 fn compose_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compose/docker-compose.yml")
@@ -71,10 +62,10 @@ async fn docker(args: &[&str]) -> String {
     run("docker", args).await
 }
 
-/// Builds the test image when absent (idempotent and quick when present).
-async fn ensure_image() {
-    let script = workspace_root().join("scripts/build-test-images.sh");
-    run(script.to_str().expect("utf-8 path"), &[]).await;
+/// The Docker engine with the test image (built by `scripts/setup-test-env.sh`), or a failure
+/// naming what is missing.
+fn require_engine() {
+    testkit::require_docker_image(IMAGE);
 }
 
 /// `docker compose …` or `docker-compose …`, whichever this machine has.
@@ -378,8 +369,9 @@ fn assert_running_container(info: &ContainerInfo, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine and the test image (scripts/setup-test-env.sh)"]
 async fn registry_follows_list_start_rename_kill_restart_and_remove() {
-    ensure_image().await;
+    require_engine();
     let mut cleanup = Cleanup::default();
     let tag = unique("life");
 
@@ -490,8 +482,9 @@ async fn registry_follows_list_start_rename_kill_restart_and_remove() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine, Compose and the test image (scripts/setup-test-env.sh)"]
 async fn registry_reports_compose_project_service_and_number() {
-    ensure_image().await;
+    require_engine();
     let cmd = compose_command().await;
     // Compose v1 lower-cases and strips dashes from project names; keep it simple.
     let project = unique("compose").replace('-', "");
@@ -569,10 +562,12 @@ async fn registry_reports_compose_project_service_and_number() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine and the test image (scripts/setup-test-env.sh)"]
 async fn registry_missing_socket_reports_once_then_connects_when_it_appears() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("docker.sock");
     let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(socket.clone())));
+    require_engine();
     let reason = h.unavailable_reason().await;
     assert!(
         reason.contains(&format!("no Docker socket at {}", socket.display())),
@@ -620,59 +615,23 @@ async fn registry_path_that_is_not_a_socket_is_reported() {
 /// Reports a permission error the way a user without access to the socket meets it.
 ///
 /// As root (CI), file permissions do not apply, so the check runs in a child copy of this
-/// test binary whose `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` are dropped with `setpriv`.
+/// test binary whose `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` are dropped (see
+/// `testkit::ran_without_file_permission_override`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_permission_denied_is_reported_clearly() {
     use std::os::unix::fs::PermissionsExt;
+    if testkit::ran_without_file_permission_override(
+        "docker_registry::registry_permission_denied_is_reported_clearly",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("docker.sock");
     // A real listening socket that nobody may connect to.
     let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind in temp dir");
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000))
         .expect("chmod in temp dir");
-
-    if !rustix::process::geteuid().is_root() {
-        let reason = denied_reason(&socket).await;
-        assert!(reason.starts_with("permission denied"), "{reason}");
-        return;
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = tokio::process::Command::new("setpriv")
-        .args([
-            "--inh-caps=-dac_override,-dac_read_search",
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--",
-        ])
-        .arg(&exe)
-        .args([
-            "docker_registry::denied_socket_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(DENIED_SOCKET_ENV, &socket)
-        .output()
-        .await
-        .expect("setpriv (util-linux) runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stderr.contains("reason: permission denied"), "{stderr}");
-}
-
-/// Child half of [`registry_permission_denied_is_reported_clearly`]; runs only when that test
-/// starts it with reduced capabilities.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper process of registry_permission_denied_is_reported_clearly"]
-async fn denied_socket_child() {
-    let socket = std::env::var_os(DENIED_SOCKET_ENV)
-        .map(PathBuf::from)
-        .expect("started by registry_permission_denied_is_reported_clearly");
     let reason = denied_reason(&socket).await;
-    eprintln!("reason: {reason}");
     assert!(reason.starts_with("permission denied"), "{reason}");
     assert!(reason.contains("cgroup-only"), "{reason}");
 }
@@ -739,9 +698,10 @@ impl Drop for ParentCgroup {
 /// The exit-to-removal window is short (about 8 ms here), so one attempt may lose the race on
 /// a loaded machine; up to five containers are tried and one final sample must match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine and the test image (scripts/setup-test-env.sh)"]
 async fn final_sample_on_died_keeps_the_exited_containers_cpu_total() {
     const ATTEMPTS: usize = 5;
-    ensure_image().await;
+    require_engine();
     let systemd = docker(&["info", "--format", "{{.CgroupDriver}}"]).await == "systemd";
     let mounts = CgroupMounts::discover(Path::new("/")).expect("cgroup mounts");
 
@@ -875,8 +835,13 @@ impl Drop for PodmanCleanup {
 /// same registry works unchanged (Podman filters on its own event names and reports `remove`
 /// for `destroy`; the source asks for both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Podman and the test image in Podman (scripts/setup-test-env.sh)"]
 async fn registry_follows_podman_compat_socket() {
-    ensure_image().await; // also builds the image in Podman, installing Podman when missing
+    testkit::require_program("podman", &["--version"], "Debian package podman");
+    testkit::require(
+        testkit::runs("podman", &["image", "inspect", IMAGE]),
+        format_args!("Podman image {IMAGE}"),
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("podman.sock");
     let _service = tokio::process::Command::new("podman")
@@ -886,7 +851,7 @@ async fn registry_follows_podman_compat_socket() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("podman is installed (scripts/build-test-images.sh installs it)");
+        .expect("podman runs");
 
     // The source retries until the service has created its socket.
     let mut h = Harness::start(Harness::fast_retry(DockerEndpoint::Unix(socket)));

@@ -96,10 +96,9 @@ async fn agent_still_streaming(record: &Path, id: &str, count: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and cgroup CPU accounting"]
 async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
-    let Some(accounting) = Accounting::find() else {
-        return;
-    };
+    let accounting = Accounting::find();
     let mut cg = TestCgroup::create(&accounting, "bad-input-idle");
     cg.spawn_idle().await;
 

@@ -201,9 +201,9 @@ fn cgroup_usage_us(rel: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine, Compose and the test image (scripts/setup-test-env.sh)"]
 async fn containers_and_compose_services_reach_the_recording_with_their_cpu_time() {
-    let script = workspace_root().join("scripts/build-test-images.sh");
-    run(script.to_str().expect("utf-8 path"), &[]).await;
+    testkit::require_docker_image(IMAGE);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bridge.sock");

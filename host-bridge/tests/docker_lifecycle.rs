@@ -9,7 +9,7 @@
 //! reads it: seen in two of four parallel test runs, once 13 ms of a 441 ms container. That
 //! slice is not lost to the VM's total, which the parent cgroup and `/proc/stat` still count,
 //! but a test that required it per container would be flaky.)
-//! Uses `joulebridge-test/busybox`, built by `scripts/build-test-images.sh` when missing.
+//! Uses `joulebridge-test/busybox`, built by `scripts/setup-test-env.sh`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -84,9 +84,9 @@ fn lifecycle(path: &Path, id: &str) -> (Vec<(String, ContainerState)>, Vec<u64>)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Docker engine and the test image (scripts/setup-test-env.sh)"]
 async fn container_is_named_sampled_and_followed_to_removal() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-test-images.sh");
-    run(script.to_str().expect("utf-8 path"), &[]).await;
+    testkit::require_docker_image(IMAGE);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bridge.sock");

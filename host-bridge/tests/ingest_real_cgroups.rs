@@ -1,6 +1,7 @@
 //! End to end on the real kernel: real cgroups, a CPU-burning child and an idle one, the real
-//! agent and the real bridge in this process, over a Unix socket and over TCP loopback (and
-//! over AF_VSOCK loopback where the `vsock_loopback` module exists: ignored by default).
+//! agent and the real bridge in this process, over a Unix socket and over TCP loopback. (The
+//! bridge's `vsock://` listener is not covered here: the CI kernel has neither `vhost_vsock` nor
+//! `vsock_loopback`; the agent's vsock side runs in the QEMU test, `vm_e2e.rs`.)
 //!
 //! The check: between two instants at which the burner is frozen (SIGSTOP, so its counter
 //! cannot move while the agent samples and the test reads), the CPU time the bridge recorded
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use host_bridge::config::{Config, ListenEndpoint, VSOCK_CID_ANY};
+use host_bridge::config::{Config, ListenEndpoint};
 use host_bridge::serve::Bridge;
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
@@ -68,9 +69,7 @@ async fn frozen_reading(
 }
 
 async fn recorded_cpu_matches_cgroup_files(transport: &str) {
-    let Some(accounting) = Accounting::find() else {
-        return;
-    };
+    let accounting = Accounting::find();
     let mut busy = TestCgroup::create(&accounting, &format!("ingest-{transport}-busy"));
     let mut idle = TestCgroup::create(&accounting, &format!("ingest-{transport}-idle"));
     let burner = busy.spawn_burner().await;
@@ -78,13 +77,8 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec.jbr");
-    let vsock_port = 20_000 + rand::random_range(0..40_000u32);
     let listen = match transport {
         "unix" => ListenEndpoint::Unix(dir.path().join("bridge.sock")),
-        "vsock" => ListenEndpoint::Vsock {
-            cid: VSOCK_CID_ANY,
-            port: vsock_port,
-        },
         _ => ListenEndpoint::Tcp {
             host: "127.0.0.1".into(),
             port: 0,
@@ -93,11 +87,7 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     let bridge = Bridge::bind(bridge_config(listen, record.clone()))
         .await
         .expect("bridge binds");
-    let endpoint = match transport {
-        // VMADDR_CID_LOCAL: the vsock_loopback transport.
-        "vsock" => format!("vsock://1:{vsock_port}"),
-        _ => bridge.local_endpoints().remove(0),
-    };
+    let endpoint = bridge.local_endpoints().remove(0);
     let (stop_bridge, bridge_stopped) = oneshot::channel::<()>();
     let bridge_task = tokio::spawn(bridge.run(async {
         let _stopped = bridge_stopped.await;
@@ -164,17 +154,13 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and cgroup CPU accounting"]
 async fn real_cgroups_over_unix_socket_match_cgroup_files() {
     recorded_cpu_matches_cgroup_files("unix").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and cgroup CPU accounting"]
 async fn real_cgroups_over_tcp_loopback_match_cgroup_files() {
     recorded_cpu_matches_cgroup_files("tcp").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs vsock_loopback (modprobe vsock_loopback)"]
-async fn real_cgroups_over_vsock_loopback_match_cgroup_files() {
-    recorded_cpu_matches_cgroup_files("vsock").await;
 }

@@ -1,7 +1,7 @@
 //! Every real powermetrics capture in `../shared/fixtures/powermetrics/` through the parser.
 //!
-//! The captures stay outside the repository (licences, size); the tests skip with a printed
-//! reason when the folder is absent.
+//! The captures stay outside the repository (licences, size): these tests are ignored by a
+//! plain `cargo test` and fail, naming the folder, when it is absent under `--include-ignored`.
 
 use std::path::{Path, PathBuf};
 
@@ -13,14 +13,8 @@ use host_bridge::sources::power::powermetrics::{
 use host_bridge::sources::power::{PowerEvent, VmSelector};
 use protocol::MonoNanos;
 
-fn captures_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/powermetrics");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: real captures not found at {}", dir.display());
-        None
-    }
+fn captures_dir() -> PathBuf {
+    testkit::shared("fixtures/powermetrics")
 }
 
 fn capture(dir: &Path, name: &str) -> Vec<u8> {
@@ -46,8 +40,9 @@ fn plist_captures(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_every_plist_parses_without_error() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     for (name, bytes) in plist_captures(&dir) {
         let docs = parse_capture(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!docs.is_empty(), "{name}: no documents");
@@ -61,8 +56,9 @@ fn captures_every_plist_parses_without_error() {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_energy_matches_power_times_elapsed() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     let mut checked = 0;
     for (name, bytes) in plist_captures(&dir) {
         for doc in parse_capture(&bytes).expect("plist").into_iter().flatten() {
@@ -94,8 +90,9 @@ fn captures_energy_matches_power_times_elapsed() {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_docker_vm_task_is_found() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     let bytes = capture(
         &dir,
         "m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist",
@@ -137,8 +134,9 @@ fn captures_docker_vm_task_is_found() {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_without_energy_keys_report_no_energy_data() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     for name in [
         "intel-mbp5_4-osx10.9-unsupported_hw-no_energy_keys.plist",
         "intel-vmware7_1-osx10.9-vm-no_energy_keys.plist",
@@ -162,8 +160,9 @@ fn captures_without_energy_keys_report_no_energy_data() {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_vmware_stray_warning_line_is_dropped_and_reported() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     let bytes = capture(&dir, "intel-vmware7_1-osx10.9-vm-no_energy_keys.plist");
     let frames = split_capture(&bytes);
     let Some(Frame::Doc(doc)) = frames.first() else {
@@ -182,8 +181,9 @@ fn captures_vmware_stray_warning_line_is_dropped_and_reported() {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_intel_package_energy_is_the_split_domain() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     let bytes = capture(&dir, "intel-mbp10_1-osx10.9-default_samplers-9x5s.plist");
     let docs = parse_capture(&bytes).expect("plist");
     assert_eq!(docs.len(), 9, "9 documents, each with a trailing NUL");
@@ -204,8 +204,9 @@ fn captures_intel_package_energy_is_the_split_domain() {
 }
 
 #[test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 fn captures_text_format_is_refused_with_plist_advice() {
-    let Some(dir) = captures_dir() else { return };
+    let dir = captures_dir();
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("list") {
         let path = entry.expect("entry").path();

@@ -105,14 +105,11 @@ async fn replay_missing_file_is_a_read_error() {
 }
 
 #[tokio::test]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 async fn replay_real_gmt_capture_yields_every_sample() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
-        "../../shared/fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist",
+    let path = testkit::shared(
+        "fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist",
     );
-    if !path.is_file() {
-        println!("skipped: real capture not found at {}", path.display());
-        return;
-    }
     let (result, samples, events) = replay(path, Pace::AsFastAsPossible).await;
     result.expect("replays");
     assert_eq!(samples.len(), 29);

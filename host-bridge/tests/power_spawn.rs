@@ -248,14 +248,11 @@ async fn spawn_gives_up_after_repeated_failures() {
 }
 
 #[tokio::test]
-async fn spawn_streams_real_capture_when_present() {
-    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "../../shared/fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist",
+#[ignore = "needs ../shared/fixtures/powermetrics"]
+async fn spawn_streams_real_capture() {
+    let capture = testkit::shared(
+        "fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist",
     );
-    if !capture.is_file() {
-        println!("skipped: real capture not found at {}", capture.display());
-        return;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let body = format!(
         "head -c 1000000 '{0}'; sleep 0.05; tail -c +1000001 '{0}'\nexec sleep 60",

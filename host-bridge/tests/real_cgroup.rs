@@ -24,8 +24,8 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    /// Find it, or `None` with the reason printed (no cgroup filesystem at all, or not root).
-    pub fn find() -> Option<Self> {
+    /// Find it, or fail the test naming what is missing (no cgroup CPU accounting, or not root).
+    pub fn find() -> Self {
         let base = Path::new("/sys/fs/cgroup");
         let separate = base.join("cpuacct");
         let combined = base.join("cpu,cpuacct");
@@ -49,14 +49,10 @@ impl Accounting {
         } else {
             None
         };
-        if found.is_none() {
-            eprintln!("skipped: no cgroup CPU accounting under /sys/fs/cgroup on this machine");
-            return None;
-        }
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: creating cgroups needs root");
-            return None;
-        }
+        let Some(found) = found else {
+            testkit::missing("cgroup CPU accounting under /sys/fs/cgroup");
+        };
+        testkit::require_root("creating cgroups");
         found
     }
 }

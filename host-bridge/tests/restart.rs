@@ -44,10 +44,9 @@ async fn start_bridge(socket: &Path, record: &Path, log: &Path) -> Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and cgroup CPU accounting"]
 async fn bridge_killed_and_restarted_loses_and_duplicates_nothing() {
-    let Some(accounting) = Accounting::find() else {
-        return;
-    };
+    let accounting = Accounting::find();
     let mut cg = TestCgroup::create(&accounting, "restart-busy");
     cg.spawn_burner().await;
 

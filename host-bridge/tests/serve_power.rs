@@ -32,10 +32,7 @@ use tokio::sync::oneshot;
 use crate::real_cgroup::{Accounting, TestCgroup, agent_config};
 
 /// The real capture with Docker Desktop's VM in its coalitions (29 documents × ~130 ms).
-const M1PRO_CAPTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist"
-);
+const M1PRO_CAPTURE: &str = "fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist";
 
 /// How long the estimate test samples.
 const SAMPLING: Duration = Duration::from_secs(16);
@@ -76,10 +73,9 @@ fn view_of(entries: &[RecordEntry], args: &AttributionArgs) -> LedgerView {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and cgroup CPU accounting"]
 async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy() {
-    let Some(accounting) = Accounting::find() else {
-        return;
-    };
+    let accounting = Accounting::find();
     let mut busy = TestCgroup::create(&accounting, "power-busy");
     let mut idle = TestCgroup::create(&accounting, "power-idle");
     busy.spawn_burner().await;
@@ -242,21 +238,14 @@ async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy(
     assert!(live_busy > 0 && live_busy <= busy_uj);
 }
 
-fn skip_without_capture() -> Option<PathBuf> {
-    let path = PathBuf::from(M1PRO_CAPTURE);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is absent", path.display());
-        None
-    }
+fn real_capture() -> PathBuf {
+    testkit::shared(M1PRO_CAPTURE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ../shared/fixtures/powermetrics"]
 async fn serve_binary_replay_records_the_capture_energies_and_vm_share() {
-    let Some(capture) = skip_without_capture() else {
-        return;
-    };
+    let capture = real_capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let record = dir.path().join("rec.jbr");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_host-bridge"))
@@ -385,11 +374,12 @@ async fn serve_binary_rejects_an_unknown_power_source() {
 }
 
 #[tokio::test]
+#[ignore = "needs a machine without readable RAPL"]
 async fn serve_binary_refuses_unreadable_rapl() {
-    if rapl::probe(Path::new(rapl::DEFAULT_POWERCAP_ROOT)) == RaplAvailability::Readable {
-        eprintln!("skipped: RAPL is readable on this machine, so --power rapl would run");
-        return;
-    }
+    testkit::require(
+        rapl::probe(Path::new(rapl::DEFAULT_POWERCAP_ROOT)) != RaplAvailability::Readable,
+        "a machine without readable RAPL (here --power rapl would run)",
+    );
     let (out, stderr) = serve_fails(&["--power", "rapl"]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Set up the QEMU + vhost-device-vsock test rig (see /docs vm-rig.md). Idempotent: a second run
+# Set up the QEMU + vhost-device-vsock test rig (see scripts/vm/README.md). Idempotent: a second run
 # only checks what is already there and takes well under a second.
 #
 #   scripts/vm/setup-rig.sh            # install/cached setup, prints the rig env file path
 #
 # What it does:
-#   1. Debian packages qemu-system-x86, busybox-static, cpio (apt-get update only when an
-#      install fails because the package lists are missing or stale).
+#   1. Debian packages qemu-system-x86 (from the suite of the machine's qemu-utils, see
+#      install_qemu), busybox-static, cpio, gcc, libc6-dev (apt-get update only when an install
+#      fails because the package lists are missing or stale).
 #   2. The guest kernel: the package linux-image-cloud-amd64 depends on (resolved each run with
 #      apt-cache depends, because its ABI name changes with every Debian kernel update), fetched
 #      with apt-get download and unpacked with dpkg -x under the cache dir. /boot is never touched.
@@ -35,10 +36,47 @@ as_root() {
 }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
+export DEBIAN_FRONTEND=noninteractive
+apt_install() {
+    if ! as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends "$@"; then
+        log "install failed; refreshing package lists once and retrying"
+        as_root apt-get "${apt_opts[@]}" update
+        as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends "$@"
+    fi
+}
+
+# QEMU must come from the same Debian suite as the qemu-utils already on the machine. Machines of
+# the CI's kind ship qemu-utils from <codename>-backports (10.x), which declares
+# `Breaks: qemu-system-common (<< 1:8.0)`: bookworm's own qemu-system-x86 (7.2) cannot be
+# installed beside it, and apt would rather remove qemu-utils. We leave the machine's qemu-utils
+# alone and take qemu-system-x86 from that backports suite too (apt's default pin keeps every
+# other package on the main suite). Without a backports qemu-utils, the main suite's QEMU is used.
+install_qemu() {
+    local utils_version codename mirror
+    utils_version=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [[ $utils_version != *bpo* ]]; then
+        apt_install qemu-system-x86
+        return
+    fi
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [[ -n $codename ]] || die "qemu-utils $utils_version is from backports, but /etc/os-release names no codename"
+    if ! apt-cache policy 2>/dev/null | grep -q " $codename-backports/main "; then
+        # The mirror the machine already uses for its main suite.
+        mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null |
+            awk -v r="$codename" '$2 == r { print $1; exit }')
+        [[ -n $mirror ]] || die "cannot find the Debian mirror for $codename to add $codename-backports"
+        log "qemu-utils $utils_version is from $codename-backports: adding that suite for QEMU"
+        printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$mirror" "$codename" | as_root tee /etc/apt/sources.list.d/joulebridge-backports.sources >/dev/null
+        as_root apt-get "${apt_opts[@]}" update
+    fi
+    log "installing qemu-system-x86 and qemu-utils from $codename-backports (matched versions)"
+    as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends -t "$codename-backports" \
+        qemu-system-x86 qemu-utils
+}
+
+command -v qemu-system-x86_64 >/dev/null || install_qemu
 missing=()
-# qemu-utils (qemu-img, used by scripts/debian) comes along with qemu-system-x86: a qemu-utils
-# from another suite conflicts with qemu-system-common and apt would otherwise remove it.
-command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86 qemu-utils)
 [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -qx insmod || missing+=(busybox-static)
 command -v cpio >/dev/null || missing+=(cpio)
 # gcc + libc6-dev (libc.a): the guest's static vsock helper is built from scripts/vm/probe.
@@ -46,12 +84,7 @@ command -v gcc >/dev/null || missing+=(gcc)
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}"; then
-        log "install failed; refreshing package lists once and retrying"
-        as_root apt-get "${apt_opts[@]}" update
-        as_root apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}"
-    fi
+    apt_install "${missing[@]}"
 fi
 # busybox-static ships a static /bin/busybox; the dynamic `busybox` package would not run in the
 # guest, which has no libc.
