@@ -336,29 +336,11 @@ impl AttributionArgs {
 /// `./joulebridge-YYYYMMDD-HHMMSS.jbr` (UTC) for a Unix time in seconds.
 #[must_use]
 pub fn default_recording_path(unix_secs: u64) -> PathBuf {
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let at = protocol::UnixNanos(unix_secs.saturating_mul(1_000_000_000));
     PathBuf::from(format!(
-        "joulebridge-{y:04}{m:02}{d:02}-{:02}{:02}{:02}.jbr",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
+        "joulebridge-{}.jbr",
+        crate::clock::utc(at, "%Y%m%d-%H%M%S")
     ))
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant, `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

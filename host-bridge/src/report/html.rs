@@ -108,27 +108,9 @@ fn carbon_cell(carbon: bool, g: Option<CarbonGrams>) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` from ns since the Unix epoch (proleptic Gregorian calendar;
-/// days-to-civil after H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+/// `YYYY-MM-DD HH:MM:SS UTC` from ns since the Unix epoch.
 fn utc(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3_600,
-        (rem % 3_600) / 60,
-        rem % 60
-    )
+    crate::clock::utc(protocol::UnixNanos(unix_ns), "%Y-%m-%d %H:%M:%S UTC")
 }
 
 /// A "nice" axis step (1, 2 or 5 × 10^k) giving about `target` ticks over `max`.
