@@ -6,7 +6,7 @@
 //!
 //! - [`power`] and [`record`]: the entry types, frozen at [`RECORDING_VERSION`] (the recording
 //!   layout; a recording written by any earlier build of version 1 still decodes).
-//! - [`file`]: the recording file, its writer (append, sync, torn-tail repair) and its reader.
+//! - [`file`](mod@file): the recording file, its writer (append, sync, torn-tail repair) and its reader.
 //! - [`recorder`]: the ingest hub: drops resent samples, writes, syncs, then acknowledges to
 //!   agents and hands each entry to the observers (the live pipeline).
 //!

@@ -8,7 +8,7 @@
 //!
 //! Conventions:
 //! - Energy is an integer number of microjoules (`*_uj`), as in the ledger; never a float.
-//!   Every energy figure carries `low_uj`/`high_uj` bounds (attribution.md §8).
+//!   Every energy figure carries `low_uj`/`high_uj` bounds (docs/attribution.md §5).
 //! - CPU time is integer microseconds (`cpu_us`).
 //! - Times inside the run are seconds from its start (`t_start_s`), floats for plotting only;
 //!   `start_unix_ns` anchors them to the wall clock.
@@ -37,7 +37,7 @@ pub struct Report {
     pub recording: RecordingInfo,
     /// The host power source and whether its figures are measured.
     pub power_source: PowerSourceInfo,
-    /// Idle policy used to attribute idle power (attribution.md §5).
+    /// Idle policy used to attribute idle power (docs/attribution.md §4).
     pub policy: IdlePolicy,
     /// How the VM's share of host energy was determined (`cpu-time`, `energy-impact`,
     /// `whole-host`).
@@ -201,7 +201,7 @@ impl ContainerReport {
     }
 }
 
-/// How much to trust the figures (attribution.md §8).
+/// How much to trust the figures (docs/attribution.md §5).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quality {

@@ -1,7 +1,7 @@
 //! `serve`: accept agents, read host power, record everything, attribute live.
 //!
 //! - this module: [`Bridge`], the listeners, the recorder and the power task wired together;
-//! - [`power`]: the power task (source selection and its entries in the journal);
+//! - `power`: the power task (source selection and its entries in the journal);
 //! - [`live`]: the engine fed with every recorded entry, its view published to `/metrics` and
 //!   the live table; [`live::serve`] is the whole `serve` command.
 //!

@@ -14,9 +14,9 @@
 //! whatever the closing order.
 
 //!
-//! - [`vm`]: one VM boot: clock offset, continuous counters, edge values, its part of a window.
-//! - [`power`]: the power readings on the host time line and their integral over a window.
-//! - [`window`]: closing one window: the host → VM share and the exact split.
+//! - `vm`: one VM boot: clock offset, continuous counters, edge values, its part of a window.
+//! - `power`: the power readings on the host time line and their integral over a window.
+//! - `window`: closing one window: the host → VM share and the exact split.
 //! - this module: streams and de-duplication, the window grid and the closing rules.
 
 mod power;

@@ -2,9 +2,9 @@
 //!
 //! The pipeline publishes a [`LedgerView`] (cumulative per-container energy, buckets, last
 //! window power) on a `tokio::sync::watch` channel; a scrape renders the latest view. A scrape
-//! never triggers sampling or attribution (house-style §3.1; the Scaphandre anti-pattern of
-//! §9). Only the bridge's own CPU and memory are read at scrape time, as every Prometheus
-//! client library does for `process_*` metrics.
+//! never triggers sampling or attribution (DESIGN.md §1; the Scaphandre failure of
+//! docs/attribution.md §7). Only the bridge's own CPU and memory are read at scrape time
+//! ([`process`]), as every Prometheus client library does for `process_*` metrics.
 //!
 //! Every metric name lives in [`metrics::METRICS`]; base units (joules, seconds, watts, bytes);
 //! counters end in `_total`. Example output (OpenMetrics text, as `prometheus-client` encodes):
@@ -26,10 +26,9 @@
 //! recording they start lower, which Prometheus treats as a counter reset (`rate()` and
 //! `increase()` handle it).
 //!
-//! **Server.** A minimal HTTP/1.1 responder on a `TcpListener` (GET `/metrics`, one request per
-//! connection, `Connection: close`), rather than hyper/axum: the bridge serves one read-only
-//! page to a scraper, and this keeps the dependency graph (and the macOS binary) small. It is
-//! bound to loopback unless the user asks otherwise.
+//! Modules: [`metrics`] declares every metric; [`process`] reads the bridge's own stats;
+//! [`http`] is the minimal `/metrics` responder (bound to loopback unless the user asks
+//! otherwise); this module encodes a view into OpenMetrics text ([`MetricsEndpoint`]).
 
 pub mod http;
 pub mod metrics;

@@ -3,7 +3,7 @@
 //!
 //! Host busy time is `user + nice + system + irq + softirq` of the aggregate `cpu` line: idle
 //! and iowait are not work, `guest`/`guest_nice` are already inside `user`/`nice`, and `steal`
-//! is time this host did not get (attribution.md §4.2). The VM is found by [`VmSelector`]
+//! is time this host did not get (docs/attribution.md §3). The VM is found by [`VmSelector`]
 //! (Kepler's hypervisor list by default: QEMU, Firecracker, cloud-hypervisor, crosvm) and its
 //! CPU time is `utime + stime` of the process, which covers all its threads (vCPUs included) and
 //! threads that already exited.

@@ -330,7 +330,7 @@ impl std::fmt::Display for VmSelector {
 
 /// The Virtualization.framework VM process (one per VM, vCPUs run in it).
 pub const VZ_VM_PROCESS: &str = "com.apple.Virtualization.VirtualMachine";
-/// Docker Desktop's coalition on macOS (powermetrics.md §6.1, observed).
+/// Docker Desktop's coalition on macOS (docs/powermetrics.md §5.1, observed).
 pub const DOCKER_DESKTOP_COALITION: &str = "com.docker.docker";
 
 impl VmSelector {
@@ -401,7 +401,7 @@ impl VmSelector {
         Self::Patterns(patterns)
     }
 
-    /// VM monitor processes on a Linux host (Kepler's hypervisor list, attribution.md §4.1).
+    /// VM monitor processes on a Linux host (Kepler's hypervisor list, docs/attribution.md §2).
     /// `comm` is cut to 15 bytes, so `cloud-hypervisor` is matched as a prefix.
     #[must_use]
     pub fn linux_default() -> Self {

@@ -5,7 +5,7 @@
 //! that wraps at `max_energy_range_uj` (kernel `Documentation/power/powercap/powercap.rst`).
 //!
 //! The split domain is `psys` when present (the whole SoC/platform), else Σ `package-N` +
-//! Σ `dram`, else Σ `package-N` (Scaphandre's choice, attribution.md §2.2); the choice is
+//! Σ `dram`, else Σ `package-N` (Scaphandre's choice, docs/attribution.md §1.2); the choice is
 //! recorded ([`RaplDomain`]). Every zone is also reported as a component.
 //!
 //! Counter arithmetic ([`zone_delta`], portable and property-tested):

@@ -8,7 +8,7 @@
 //! document: DVFS states, timer wakeups, interrupts) are skipped by scanning the raw bytes for
 //! their matching end tag, which produces no events and allocates nothing.
 //!
-//! Tolerated (powermetrics.md §2, §5): duplicate keys (the last value wins), XML comments,
+//! Tolerated (docs/powermetrics.md §2, §4): duplicate keys (the last value wins), XML comments,
 //! stray non-XML lines between elements (powermetrics diagnostics such as `warning: time went
 //! backwards…`; they are collected in [`PowermetricsDoc::stray_lines`]), integers of any size,
 //! samplers that are absent, unknown keys. Refused: text-format output

@@ -32,7 +32,7 @@ pub const DEFAULT_PROGRAM: &str = "powermetrics";
 /// Where macOS installs it; the sudoers rule names this path.
 pub const MACOS_PROGRAM_PATH: &str = "/usr/bin/powermetrics";
 /// Default sampling interval. GMT advises no lower than ~200 ms: powermetrics itself costs
-/// 200–330 ms of CPU per second at 130 ms (powermetrics.md §7).
+/// 200–330 ms of CPU per second at 130 ms (docs/powermetrics.md §6).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Release assumed when it cannot be detected (not on macOS, or `sw_vers` failed): the current
 /// flag set.
@@ -146,7 +146,7 @@ pub enum PowermetricsError {
 
 /// The argument list for one macOS release, long option names only.
 ///
-/// Flags per release (powermetrics.md §1, §4): the interval is `--sample-interval` up to
+/// Flags per release (docs/powermetrics.md §1): the interval is `--sample-interval` up to
 /// macOS 11 and `--sample-rate` from 12; the `ane_power` sampler exists from macOS 13 (before
 /// that the ANE is reported by `cpu_power`). `--show-process-energy` adds `energy_impact` and
 /// `--show-process-coalition` groups tasks by coalition (Docker Desktop's VM is found by its
