@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use nix::sys::signal::Signal;
 use protocol::codec;
-use protocol::{
-    CgroupMode, ClockReading, ErrorCode, Hello, Message, MonoNanos, ProtocolVersion, UnixNanos,
-};
+use protocol::{ClockReading, ErrorCode, Hello, Message, MonoNanos, ProtocolVersion, UnixNanos};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 use tokio::process::Command;
@@ -66,20 +64,9 @@ fn hello_frame(protocol: ProtocolVersion, auth_token: Option<String>) -> Vec<u8>
     let hello = Message::Hello(Hello {
         protocol,
         agent_version: "99.0.0".into(),
-        boot_id: "b".into(),
-        instance_id: 1,
-        vm_name: "future".into(),
-        hostname: "h".into(),
-        kernel_release: "k".into(),
-        cgroup_mode: CgroupMode::V2,
         cpu_count: 1,
-        clock: ClockReading {
-            mono_ns: MonoNanos(0),
-            unix_ns: UnixNanos(0),
-        },
-        sample_period_ms: 1000,
-        has_container_metadata: false,
         auth_token,
+        ..protocol::testing::hello("b", 1, "future")
     });
     let mut buf = BytesMut::new();
     codec::encode_frame(&hello, &mut buf).expect("encode");

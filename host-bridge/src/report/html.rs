@@ -277,24 +277,16 @@ fn chart(report: &Report, out: &mut String) {
     for (li, layer) in layers.iter().enumerate() {
         let top: Vec<f64> = base.iter().zip(&power).map(|(b, p)| b + p[li]).collect();
         let mut d = String::new();
+        // One horizontal step: `cmd` to (xa, v), then a line to (xb, v).
+        let mut step = |cmd: char, xa: f64, xb: f64, v: f64| {
+            d.push_str(&format!("{cmd}{:.2},{:.2}L{:.2},{:.2}", xa, y(v), xb, y(v)));
+        };
+        // Along the top of the layer, left to right, then back along its base.
         for (ci, c) in cols.iter().enumerate() {
-            let cmd = if ci == 0 { 'M' } else { 'L' };
-            d.push_str(&format!(
-                "{cmd}{:.2},{:.2}L{:.2},{:.2}",
-                x(c.t0),
-                y(top[ci]),
-                x(c.t1),
-                y(top[ci])
-            ));
+            step(if ci == 0 { 'M' } else { 'L' }, x(c.t0), x(c.t1), top[ci]);
         }
         for (ci, c) in cols.iter().enumerate().rev() {
-            d.push_str(&format!(
-                "L{:.2},{:.2}L{:.2},{:.2}",
-                x(c.t1),
-                y(base[ci]),
-                x(c.t0),
-                y(base[ci])
-            ));
+            step('L', x(c.t1), x(c.t0), base[ci]);
         }
         if !cols.is_empty() {
             d.push('Z');

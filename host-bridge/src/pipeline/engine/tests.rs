@@ -1,9 +1,6 @@
 //! Engine tests over whole entry sequences (public API only).
 
-use protocol::{
-    CgroupMode, ClockReading, ContainerCounters, CpuCounters, Goodbye, Hello, Message, MicroJoules,
-    MonoNanos, ProcStat, ProtocolVersion, Sample, UnixNanos,
-};
+use protocol::{Goodbye, Message, MicroJoules, MonoNanos, ProcStat, Sample, UnixNanos, testing};
 
 use crate::journal::{HostCpu, PowerSample, Provenance, RecordEntry, VmShare};
 use crate::pipeline::{IdleModel, PipelineConfig, VmShareBasis};
@@ -12,51 +9,18 @@ const S: u64 = 1_000_000_000;
 const T0: u64 = 100 * S;
 
 fn hello(boot: &str, instance: u64, vm: &str) -> Message {
-    Message::Hello(Hello {
-        protocol: ProtocolVersion { major: 1, minor: 0 },
-        agent_version: "t".into(),
-        boot_id: boot.into(),
-        instance_id: instance,
-        vm_name: vm.into(),
-        hostname: "h".into(),
-        kernel_release: "k".into(),
-        cgroup_mode: CgroupMode::V2,
-        cpu_count: 2,
-        clock: ClockReading {
-            mono_ns: MonoNanos(0),
-            unix_ns: UnixNanos(0),
-        },
-        sample_period_ms: 1000,
-        has_container_metadata: false,
-        auth_token: None,
-    })
+    Message::Hello(testing::hello(boot, instance, vm))
 }
 
+/// A sample of a 2-CPU VM at guest time `g` that was busy `busy_us` in total.
 fn sample(seq: u64, g: u64, busy_us: u64, usage: &[(&str, u64)]) -> Message {
     Message::Sample(Sample {
-        seq,
-        clock: ClockReading {
-            mono_ns: MonoNanos(g),
-            unix_ns: UnixNanos(0),
-        },
         vm: ProcStat {
-            user: CpuCounters::default().usage + protocol::CpuMicros(busy_us),
+            user: protocol::CpuMicros(busy_us),
             idle: protocol::CpuMicros(2 * g / 1000 - busy_us),
             ..ProcStat::default()
         },
-        containers: usage
-            .iter()
-            .map(|&(id, u)| ContainerCounters {
-                id: id.into(),
-                cpu: CpuCounters {
-                    usage: protocol::CpuMicros(u),
-                    ..CpuCounters::default()
-                },
-                memory_current: None,
-                io: None,
-                cpu_limit_millicores: None,
-            })
-            .collect(),
+        ..testing::sample(seq, g, usage)
     })
 }
 

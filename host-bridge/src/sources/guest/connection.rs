@@ -210,6 +210,30 @@ async fn reject<W: AsyncWrite + Unpin>(w: &mut W, code: ErrorCode, message: Stri
     }
 }
 
+/// The payload of a frame read, or `None` when the connection is over: the peer closed
+/// (`closed` logs it), or the read failed (the peer is told why where that helps, and a rejected
+/// frame is counted).
+async fn frame_or_end<W: AsyncWrite + Unpin>(
+    read: Result<Option<BytesMut>, ConnectionError>,
+    write: &mut W,
+    ctx: &ConnectionContext,
+    closed: impl FnOnce(),
+) -> Option<BytesMut> {
+    match read {
+        Ok(Some(payload)) => Some(payload),
+        Ok(None) => {
+            closed();
+            None
+        }
+        Err(err) => {
+            if reject_read_error(write, &err).await {
+                ctx.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            None
+        }
+    }
+}
+
 /// Serve one connection to the end. Never returns an error: every outcome is logged here.
 pub async fn serve(
     stream: BoxedStream,
@@ -229,18 +253,12 @@ pub async fn serve(
         () = cancel.cancelled() => return,
         first = reader.next(ctx.frame_timeout, ctx.idle_timeout) => first,
     };
-    let payload = match first {
-        Ok(Some(payload)) => payload,
-        Ok(None) => {
-            debug!("Peer closed before saying Hello.");
-            return;
-        }
-        Err(err) => {
-            if reject_read_error(&mut write, &err).await {
-                rejected();
-            }
-            return;
-        }
+    let Some(payload) = frame_or_end(first, &mut write, ctx, || {
+        debug!("Peer closed before saying Hello.")
+    })
+    .await
+    else {
+        return;
     };
     let at = clock::mono_now();
     let hello = match handshake(&payload, ctx) {
@@ -314,18 +332,10 @@ pub async fn serve(
                 }
             }
             frame = reader.next(ctx.frame_timeout, ctx.idle_timeout) => {
-                let payload = match frame {
-                    Ok(Some(payload)) => payload,
-                    Ok(None) => {
-                        info!("Agent disconnected without Goodbye.");
-                        return;
-                    }
-                    Err(err) => {
-                        if reject_read_error(&mut write, &err).await {
-                            rejected();
-                        }
-                        return;
-                    }
+                let Some(payload) =
+                    frame_or_end(frame, &mut write, ctx, || info!("Agent disconnected without Goodbye.")).await
+                else {
+                    return;
                 };
                 let at = clock::mono_now();
                 let message = match codec::decode_payload::<Message>(&payload) {
