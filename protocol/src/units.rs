@@ -12,6 +12,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `v × num / den` in 128-bit arithmetic, rounded down, saturating at `u64::MAX`; zero when
+/// `den` is zero. What every unit's `prorate` does, for the plain counts that have no unit type
+/// (a CPU-time share's numerator and denominator, say).
+#[must_use]
+pub fn scale(v: u64, num: u64, den: u64) -> u64 {
+    if den == 0 {
+        return 0;
+    }
+    u64::try_from(u128::from(v) * u128::from(num) / u128::from(den)).unwrap_or(u64::MAX)
+}
+
 macro_rules! unit {
     ($(#[$doc:meta])* $name:ident, $suffix:literal) => {
         $(#[$doc])*
@@ -54,11 +65,7 @@ macro_rules! unit {
             /// ratio (a share, a covered fraction of a window).
             #[must_use]
             pub fn prorate(self, num: u64, den: u64) -> Self {
-                if den == 0 {
-                    return Self::ZERO;
-                }
-                let v = u128::from(self.0) * u128::from(num) / u128::from(den);
-                Self(u64::try_from(v).unwrap_or(u64::MAX))
+                Self(scale(self.0, num, den))
             }
         }
 

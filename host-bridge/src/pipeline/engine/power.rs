@@ -65,12 +65,21 @@ impl Segment {
     /// amounts over adjacent intervals add up exactly.
     fn upto(&self, v: u64, x: u64) -> u64 {
         let x = x.clamp(self.start, self.end) - self.start;
-        MicroJoules(v).prorate(x, self.end - self.start).0
+        protocol::units::scale(v, x, self.end - self.start)
     }
 
     /// `v` prorated to `[a, b]`.
     fn part(&self, v: u64, a: u64, b: u64) -> u64 {
         self.upto(v, b) - self.upto(v, a)
+    }
+
+    /// The segment's energy prorated to `[a, b]`.
+    fn energy_part(&self, a: u64, b: u64) -> MicroJoules {
+        let upto = |x: u64| {
+            let x = x.clamp(self.start, self.end) - self.start;
+            self.energy.prorate(x, self.end - self.start)
+        };
+        upto(b).saturating_sub(upto(a))
     }
 
     /// Both sides of a share prorated to `[a, b]`.
@@ -89,7 +98,9 @@ impl Segment {
             num: rest(s.num),
             den: rest(s.den),
         };
-        self.energy = MicroJoules(rest(self.energy.0));
+        self.energy = self
+            .energy
+            .saturating_sub(self.energy_part(self.start, from));
         self.vm_cpu = self.vm_cpu.map(rest_share);
         self.impact = self.impact.map(rest_share);
         self.host = self.host.map(rest_share);
@@ -206,7 +217,7 @@ impl PowerTimeline {
             estimated: false,
         };
         for seg in self.segments.iter().filter(|s| s.start < b && s.end > a) {
-            w.energy += MicroJoules(seg.part(seg.energy.0, a, b));
+            w.energy += seg.energy_part(a, b);
             w.covered_ns += seg.end.min(b) - seg.start.max(a);
             let add = |acc: &mut Option<Share>, v: Option<Share>| {
                 if let Some(v) = v {
