@@ -20,6 +20,7 @@
 //! [`VmSelector`]) against `all_tasks.cputime_ns`, never the coalition sum, which differs from
 //! `all_tasks` by up to ±10 % (docs/attribution.md §2).
 
+mod child;
 pub mod frame;
 pub mod parse;
 pub mod plist;
