@@ -18,6 +18,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::real_cgroup::{Accounting, TestCgroup, agent_config, signal, wait_recorded};
+use crate::support::{self, scrape};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The bridge's `--frame-timeout-ms` in this test.
@@ -106,11 +107,10 @@ async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn host-bridge");
-    let deadline = Instant::now() + DEADLINE;
-    while UnixStream::connect(&socket).await.is_err() {
-        assert!(Instant::now() < deadline, "bridge never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::poll_until(DEADLINE, "the bridge to listen", || async {
+        UnixStream::connect(&socket).await.is_ok()
+    })
+    .await;
 
     let agent = agent_config(&format!("unix://{}", socket.display()), &[&cg.rel], 100);
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
@@ -285,20 +285,6 @@ fn metric(body: &str, name: &str) -> u64 {
         .unwrap_or(value)
         .parse()
         .unwrap_or_else(|e| panic!("{line}: {e}"))
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect /metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
 }
 
 /// Scrape until `name` reads `want` (a task's end lands just after its socket closes).

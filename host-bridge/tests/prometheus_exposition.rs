@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::report_e2e::entries_with_db;
+use crate::support;
 
 /// The recording the views are made of: one VM, two compose containers, RAPL power.
 fn recorded() -> Vec<RecordEntry> {
@@ -38,7 +39,7 @@ fn ledger_after(entries: &[RecordEntry], n: usize) -> LiveLedger {
 
 /// The view a bridge publishes after the first `n` recorded entries.
 fn view_after(entries: &[RecordEntry], n: usize) -> LedgerView {
-    ledger_after(entries, n).view()
+    support::view_of(&entries[..n], PipelineConfig::default())
 }
 
 /// One parsed sample.

@@ -10,10 +10,10 @@ use host_bridge::config::Config;
 use host_bridge::pipeline::IdlePolicy;
 use host_bridge::serve::Bridge;
 use host_bridge::serve::live;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::report_e2e::write_recording;
+use crate::support::scrape;
 
 fn serve_args(record: &Path) -> (Config, AttributionArgs) {
     let attribution = AttributionArgs {
@@ -39,18 +39,6 @@ fn serve_args(record: &Path) -> (Config, AttributionArgs) {
     // The recording under test is written by the test: no live host power on top of it.
     config.power = None;
     (config, attribution)
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
 }
 
 /// `name{labels} value` of every energy counter sample.

@@ -20,7 +20,7 @@ use host_bridge::commands::report_of_recording;
 use host_bridge::config::{Config, ListenEndpoint};
 use host_bridge::journal::{PowerSample, PowerSourceKind, Provenance};
 use host_bridge::journal::{RecordEntry, RecordingReader};
-use host_bridge::pipeline::{IdlePolicy, LedgerView, LiveLedger};
+use host_bridge::pipeline::{IdlePolicy, LedgerView};
 use host_bridge::serve::Bridge;
 use host_bridge::serve::live;
 use host_bridge::sources::power::replay::{Pace, ReplayConfig, ReplaySource};
@@ -30,6 +30,7 @@ use host_bridge::sources::power::{
 use tokio::sync::oneshot;
 
 use crate::real_cgroup::{Accounting, TestCgroup, agent_config};
+use crate::support;
 
 /// The real capture with Docker Desktop's VM in its coalitions (29 documents × ~130 ms).
 const M1PRO_CAPTURE: &str = "fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist";
@@ -65,11 +66,7 @@ fn attribution_args() -> AttributionArgs {
 /// The view the live engine publishes after the windows closed while feeding `entries` one by
 /// one (what `serve` shows), recomputed offline.
 fn view_of(entries: &[RecordEntry], args: &AttributionArgs) -> LedgerView {
-    let mut ledger = LiveLedger::new(args.pipeline_config().unwrap()).unwrap();
-    for e in entries {
-        ledger.push(e);
-    }
-    ledger.view()
+    support::view_of(entries, args.pipeline_config().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

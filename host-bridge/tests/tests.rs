@@ -35,5 +35,6 @@ mod restart;
 #[cfg(target_os = "linux")]
 mod serve_power;
 mod sim;
+mod support;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod vm_e2e;

@@ -36,13 +36,15 @@ use host_bridge::cli::PowerArgs;
 use host_bridge::config::{Config, ListenEndpoint};
 use host_bridge::journal::{PowerSample, PowerSourceKind, Provenance};
 use host_bridge::journal::{RecordEntry, RecordingReader};
-use host_bridge::pipeline::{self, LedgerView, LiveLedger, PipelineConfig};
+use host_bridge::pipeline::{self, LedgerView, PipelineConfig};
 use host_bridge::serve::Bridge;
 use host_bridge::serve::live;
 use host_bridge::sources::power::PowerConfig;
 use protocol::Message;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
+
+use crate::support;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -169,14 +171,6 @@ async fn wait_for_pid(path: &Path) -> Result<i64, String> {
 
 /// The view the live attribution publishes after feeding `entries` one by one (what `serve`
 /// shows), recomputed from the recording.
-fn view_of(entries: &[RecordEntry], cfg: PipelineConfig) -> LedgerView {
-    let mut ledger = LiveLedger::new(cfg).expect("valid attribution settings");
-    for entry in entries {
-        ledger.push(entry);
-    }
-    ledger.view()
-}
-
 /// Processes whose name (`/proc/<pid>/comm`) is `name`.
 fn processes_named(name: &str) -> Vec<i64> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -525,7 +519,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
     );
     // The live attribution (what `serve` showed and served on /metrics) agrees with the
     // recording: the same view recomputed from it, and the energy of the same windows.
-    let offline = view_of(&entries, cfg);
+    let offline = support::view_of(&entries, cfg);
     let live_windows = usize::try_from(live_view.windows).expect("a window count fits usize");
     let live_burn_uj = live_view
         .containers
