@@ -271,12 +271,15 @@ fn counters(families: &[Family]) -> BTreeMap<(String, Vec<(String, String)>), f6
 #[ignore = "needs Python's prometheus-client parser (scripts/setup-test-env.sh)"]
 fn prometheus_counters_continue_across_a_restart_on_the_same_recording() {
     let entries = recorded();
-    let half = entries.len() / 2;
-    // Before the restart: half the recording, its views published live window by window.
+    // Before the restart: the recording up to its third closed window (of four), its views
+    // published live window by window.
+    let cut = (1..=entries.len())
+        .find(|&n| view_after(&entries, n).windows == 3)
+        .expect("the recording closes three windows");
     let mut ledger = ledger_after(&entries, 0);
     let (live, tx, _) = endpoint(ledger.view());
     let mut last = counters(&parse(&live.render()));
-    for entry in &entries[..half] {
+    for entry in &entries[..cut] {
         if !ledger.push(entry) {
             continue;
         }
@@ -292,8 +295,8 @@ fn prometheus_counters_continue_across_a_restart_on_the_same_recording() {
     }
     // A new process reopens the recording: its ledger starts from everything recorded, so no
     // counter goes down (no spurious reset), and the remaining windows add on top.
-    assert!(ledger.view().windows >= 2, "the first half closes windows");
-    let (restarted, _tx2, _) = endpoint(view_after(&entries, half));
+    assert_eq!(ledger.view().windows, 3);
+    let (restarted, _tx2, _) = endpoint(view_after(&entries, cut));
     let after = counters(&parse(&restarted.render()));
     assert_eq!(
         after, last,
