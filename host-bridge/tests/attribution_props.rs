@@ -85,7 +85,7 @@ proptest! {
                 widen_ppm: widen,
                 vms: &inputs,
             });
-            prop_assert_eq!(out.total(), energy);
+            prop_assert_eq!(out.total(), MicroJoules(energy));
             for vm in &out.vms {
                 for c in &vm.containers {
                     prop_assert!(c.low <= c.energy && c.energy <= c.high, "{c:?}");

@@ -118,7 +118,7 @@ impl Engine {
             vms: &inputs,
         });
         flags.clamped = split.clamped;
-        debug_assert_eq!(split.total(), host.energy.0, "conservation");
+        debug_assert_eq!(split.total(), host.energy, "conservation");
 
         let vms = self.vm_windows(&parts, &split);
         self.count_window(&flags, host.covered_ns);
@@ -128,9 +128,9 @@ impl Engine {
             energy: host.energy,
             idle_estimate: idle,
             vms,
-            host_other: MicroJoules(split.host_other),
-            idle: MicroJoules(split.idle),
-            unattributed: MicroJoules(split.unattributed),
+            host_other: split.host_other,
+            idle: split.idle,
+            unattributed: split.unattributed,
             basis,
             flags,
         }
@@ -184,20 +184,20 @@ impl Engine {
                     .containers
                     .iter()
                     .enumerate()
-                    .filter(|&(s, c)| p.usage_us[s] > 0 || c.high > 0)
+                    .filter(|&(s, c)| p.usage_us[s] > 0 || c.high > MicroJoules::ZERO)
                     .map(|(s, c)| ContainerWindow {
                         id: vm.ids[s].clone(),
-                        energy: MicroJoules(c.energy),
-                        low: MicroJoules(c.low),
-                        high: MicroJoules(c.high),
+                        energy: c.energy,
+                        low: c.low,
+                        high: c.high,
                         cpu: CpuMicros(p.usage_us[s]),
                     })
                     .collect();
                 VmWindow {
                     vm: vm.name.clone(),
                     busy: p.busy,
-                    system: MicroJoules(shares.system),
-                    overhead: MicroJoules(shares.overhead),
+                    system: shares.system,
+                    overhead: shares.overhead,
                     containers,
                     guest_coverage_ppm: p.coverage_ppm,
                     degraded: p.degraded,

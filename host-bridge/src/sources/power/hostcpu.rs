@@ -46,9 +46,10 @@ pub enum HostCpuError {
     },
 }
 
-/// Aggregate CPU counters of `/proc/stat`.
+/// The host's aggregate CPU counters from `/proc/stat`, in USER_HZ ticks (the guest's, sent in
+/// µs, are `protocol::ProcStat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStat {
+pub struct HostTicks {
     /// `user + nice + system + irq + softirq` ticks over all CPUs.
     pub busy_ticks: u64,
     /// All ticks (busy + idle + iowait + steal) over all CPUs.
@@ -61,7 +62,7 @@ pub struct ProcStat {
 ///
 /// # Errors
 /// [`HostCpuError::Parse`] when the aggregate `cpu` line is missing or short.
-pub fn parse_proc_stat(text: &str, path: &Path) -> Result<ProcStat, HostCpuError> {
+pub fn parse_proc_stat(text: &str, path: &Path) -> Result<HostTicks, HostCpuError> {
     let parse_err = |what| HostCpuError::Parse {
         path: path.to_owned(),
         what,
@@ -86,7 +87,7 @@ pub fn parse_proc_stat(text: &str, path: &Path) -> Result<ProcStat, HostCpuError
         }
     }
     let (busy_ticks, total_ticks) = aggregate.ok_or_else(|| parse_err("aggregate cpu line"))?;
-    Ok(ProcStat {
+    Ok(HostTicks {
         busy_ticks,
         total_ticks,
         cpus: cpus.max(1),
@@ -145,7 +146,7 @@ pub struct CpuWindow {
 #[derive(Clone, Debug)]
 struct Snapshot {
     at: MonoNanos,
-    stat: ProcStat,
+    stat: HostTicks,
     vm_ticks: HashMap<i64, u64>,
 }
 
