@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use protocol::{CpuMicros, ProcStat, Sample};
+use protocol::{CpuMicros, Sample};
 
 use super::{MAX_EDGES_PER_SAMPLE, duration_ns, ratio_ppm};
 use crate::pipeline::PipelineConfig;
@@ -103,15 +103,6 @@ pub(super) struct VmState {
     edges: BTreeMap<u64, Snap>,
     /// Host intervals in which the VM did not run normally.
     degraded: Vec<(u64, u64)>,
-}
-
-/// Every `/proc/stat` field that accounts time (guest and guest_nice are inside user/nice).
-fn accounted(p: &ProcStat) -> CpuMicros {
-    [
-        p.user, p.nice, p.system, p.idle, p.iowait, p.irq, p.softirq, p.steal,
-    ]
-    .into_iter()
-    .sum()
 }
 
 impl VmState {
@@ -223,7 +214,7 @@ impl VmState {
         // Counters, reset-aware (Prometheus semantics).
         let first = self.last.is_none();
         let busy_raw = s.vm.busy();
-        let total_raw = accounted(&s.vm);
+        let total_raw = s.vm.accounted();
         let d_busy = self
             .busy_raw
             .map_or(CpuMicros::ZERO, |p| busy_raw.reset_aware_delta(p));
