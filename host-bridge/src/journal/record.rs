@@ -78,3 +78,73 @@ pub struct SessionStart {
     /// `std::env::consts::OS`.
     pub os: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use protocol::codec;
+
+    use super::*;
+
+    /// `RecordEntry` as version-1 recordings were written when `PowerSource.kind` was a
+    /// `String`. Only the position of `PowerSource` matters to the encoding, so the variants
+    /// before it carry nothing here.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum V1Entry {
+        Session(()),
+        Guest(()),
+        Power(()),
+        PowerSource {
+            kind: String,
+            reason: String,
+            provenance: Provenance,
+        },
+    }
+
+    fn frame<T: Serialize>(value: &T) -> BytesMut {
+        let mut buf = BytesMut::new();
+        codec::encode_frame(value, &mut buf).expect("encodes");
+        buf
+    }
+
+    #[test]
+    fn power_source_kind_keeps_the_v1_bytes_both_ways() {
+        for kind in [
+            PowerSourceKind::Powermetrics,
+            PowerSourceKind::Rapl,
+            PowerSourceKind::Estimate,
+            PowerSourceKind::Replay,
+        ] {
+            let old = V1Entry::PowerSource {
+                kind: kind.as_str().to_owned(),
+                reason: "auto".into(),
+                provenance: kind.provenance(),
+            };
+            let new = RecordEntry::PowerSource {
+                kind,
+                reason: "auto".into(),
+                provenance: kind.provenance(),
+            };
+            let mut old_bytes = frame(&old);
+            assert_eq!(old_bytes, frame(&new), "{kind}");
+            let payload = codec::split_frame(&mut old_bytes)
+                .expect("a whole frame")
+                .expect("one frame");
+            let decoded: RecordEntry = codec::decode_payload(&payload).expect("decodes");
+            assert_eq!(decoded, new);
+        }
+    }
+
+    #[test]
+    fn an_unknown_power_source_name_is_a_decode_error() {
+        let mut bytes = frame(&V1Entry::PowerSource {
+            kind: "solar".into(),
+            reason: String::new(),
+            provenance: Provenance::Measured,
+        });
+        let payload = codec::split_frame(&mut bytes)
+            .expect("a whole frame")
+            .expect("one frame");
+        assert!(codec::decode_payload::<RecordEntry>(&payload).is_err());
+    }
+}
