@@ -5,7 +5,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use protocol::endpoint::EndpointError;
 
 use crate::cli::{AttributionArgs, PowerArgs, ReplayPace, ServeArgs};
@@ -291,20 +290,26 @@ impl AttributionArgs {
     /// The pipeline configuration these flags describe.
     ///
     /// # Errors
-    /// A window or idle power that is not a positive finite number.
-    pub fn pipeline_config(&self) -> anyhow::Result<PipelineConfig> {
-        anyhow::ensure!(
-            self.window.is_finite() && self.window >= 0.001,
-            "--window must be at least 0.001 s, got {}",
-            self.window
-        );
+    /// [`ConfigError::Invalid`] for a window shorter than 1 ms or an idle power that is not a
+    /// non-negative number.
+    pub fn pipeline_config(&self) -> Result<PipelineConfig, ConfigError> {
+        if !(self.window.is_finite() && self.window >= 0.001) {
+            return Err(invalid(
+                "--window",
+                self.window,
+                "expected at least 0.001 (seconds; 10 or more recommended)",
+            ));
+        }
         let idle = match self.idle_watts {
             None => IdleModel::default(),
+            Some(w) if !(w.is_finite() && w >= 0.0) => {
+                return Err(invalid(
+                    "--idle-watts",
+                    w,
+                    "expected a non-negative number of watts",
+                ));
+            }
             Some(w) => {
-                anyhow::ensure!(
-                    w.is_finite() && w >= 0.0,
-                    "--idle-watts must be a non-negative number, got {w}"
-                );
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked ≥ 0
                 let idle_mw = (w * 1_000.0).round() as u64;
                 IdleModel::Baseline { idle_mw }
@@ -321,12 +326,16 @@ impl AttributionArgs {
     /// The grid intensity, validated.
     ///
     /// # Errors
-    /// A negative or non-finite intensity.
-    pub fn grid(&self) -> anyhow::Result<Option<GridIntensity>> {
+    /// [`ConfigError::Invalid`] for a negative or non-finite intensity.
+    pub fn grid(&self) -> Result<Option<GridIntensity>, ConfigError> {
         self.grid_intensity
             .map(|g| {
-                GridIntensity::new(g).with_context(|| {
-                    format!("--grid-intensity must be a non-negative number, got {g}")
+                GridIntensity::new(g).ok_or_else(|| {
+                    invalid(
+                        "--grid-intensity",
+                        g,
+                        "expected a non-negative number of gCO2e/kWh",
+                    )
                 })
             })
             .transpose()
@@ -455,6 +464,42 @@ mod tests {
             ..PowerArgs::default()
         });
         assert!(e.contains("--vm-pid") && e.contains("-3"), "{e}");
+    }
+
+    #[test]
+    fn attribution_flag_errors_name_flag_and_value() {
+        let args = AttributionArgs {
+            policy: crate::pipeline::IdlePolicy::Exclude,
+            window: 10.0,
+            idle_watts: None,
+            grid_intensity: None,
+        };
+        let cfg = args.pipeline_config().unwrap();
+        assert_eq!(cfg.window, Duration::from_secs(10));
+        let e = AttributionArgs {
+            window: 0.0,
+            ..args.clone()
+        }
+        .pipeline_config()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--window") && e.contains("0.001"), "{e}");
+        let e = AttributionArgs {
+            idle_watts: Some(-1.0),
+            ..args.clone()
+        }
+        .pipeline_config()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--idle-watts") && e.contains("-1"), "{e}");
+        let e = AttributionArgs {
+            grid_intensity: Some(f64::NAN),
+            ..args
+        }
+        .grid()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--grid-intensity"), "{e}");
     }
 
     #[test]
