@@ -210,6 +210,18 @@ async fn reject<W: AsyncWrite + Unpin>(w: &mut W, code: ErrorCode, message: Stri
     }
 }
 
+/// `err` and its causes, `outer: inner: …` (what the peer is told and what is logged).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// The payload of a frame read, or `None` when the connection is over: the peer closed
 /// (`closed` logs it), or the read failed (the peer is told why where that helps, and a rejected
 /// frame is counted).
@@ -341,7 +353,7 @@ pub async fn serve(
                 let message = match codec::decode_payload::<Message>(&payload) {
                     Ok(message) => message,
                     Err(err) => {
-                        let why = format!("{:#}", anyhow::Error::new(err));
+                        let why = error_chain(&err);
                         warn!(error = %why, "Malformed frame from agent; closing.");
                         rejected();
                         reject(&mut write, ErrorCode::MalformedFrame, format!("could not decode frame: {why}")).await;
@@ -436,7 +448,7 @@ fn handshake(payload: &[u8], ctx: &ConnectionContext) -> Result<Hello, (ErrorCod
         Err(err) => {
             return Err((
                 ErrorCode::MalformedFrame,
-                format!("could not decode Hello: {:#}", anyhow::Error::new(err)),
+                format!("could not decode Hello: {}", error_chain(&err)),
             ));
         }
     };
