@@ -53,10 +53,9 @@ const ENGINE_PROCESSES: [&str; 3] = ["dockerd", "containerd", "containerd-shim"]
 
 /// CPU time of this process, all threads, in nanoseconds.
 fn process_cpu_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
-        .expect("CLOCK_PROCESS_CPUTIME_ID is always available on Linux");
-    let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
-    let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
     secs * 1_000_000_000 + nanos
 }
 

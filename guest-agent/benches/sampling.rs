@@ -155,16 +155,8 @@ fn tracked(
 struct ThreadCpuTime;
 
 impl ThreadCpuTime {
-    #[allow(unsafe_code)]
     fn now_ns() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID is a clock
-        // every Linux kernel since 2.6.12 provides; the call writes only into `ts`.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
     }
 }

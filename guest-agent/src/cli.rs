@@ -51,6 +51,13 @@ pub struct Cli {
     #[arg(long)]
     pub vm_name: Option<String>,
 
+    /// Write the energy the bridge attributes to this VM and its containers under DIR, as a
+    /// powercap tree (`DIR/powercap`, bind-mount it over /sys/class/powercap so RAPL readers
+    /// such as CodeCarbon or pyRAPL work) plus per-container files. Figures are attributed,
+    /// not a hardware counter, and move once per attribution window.
+    #[arg(long, value_name = "DIR")]
+    pub expose_energy: Option<PathBuf>,
+
     /// Shared secret sent in Hello; the bridge checks it when configured with one.
     #[arg(long, env = "JOULEBRIDGE_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,

@@ -65,6 +65,8 @@ pub struct Config {
     pub root: PathBuf,
     /// VM label; `None` = the hostname.
     pub vm_name: Option<String>,
+    /// `--expose-energy DIR`: where attributed energy is written inside the VM.
+    pub expose_energy: Option<PathBuf>,
     /// `None` = no container engine.
     pub docker: Option<DockerConfig>,
 }
@@ -182,6 +184,7 @@ impl TryFrom<Cli> for Config {
             discover: !cli.no_discover,
             root: cli.root,
             vm_name: cli.vm_name,
+            expose_energy: cli.expose_energy,
             docker,
         })
     }

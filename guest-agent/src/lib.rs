@@ -9,9 +9,11 @@
 //!   unacknowledged samples that makes a bridge restart lossless.
 //! - [`config`] / [`cli`]: flags, then the validated configuration ([`config::Endpoint`]).
 //! - [`clock`]: the guest clocks samples are stamped with.
+//! - [`backoff`]: the capped exponential back-off of both retry loops (bridge, engine).
 //!
 //! [`run`] wires them together; `main.rs` only parses flags, sets up logging and calls it.
 
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -97,7 +99,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let cancel = CancellationToken::new();
     let (sample_tx, sample_rx) = mpsc::channel(SAMPLE_QUEUE);
     let (table_tx, table_rx) = watch::channel(ContainerTable::new());
-    let sink = StreamSink::new(config.stream.clone(), identity, sample_rx, table_rx);
+    let mut sink = StreamSink::new(config.stream.clone(), identity, sample_rx, table_rx);
+    let energy_task = match &config.expose_energy {
+        Some(dir) => {
+            let (tx, task) = sinks::energy::spawn_writer(dir.clone())
+                .await
+                .with_context(|| format!("--expose-energy {}", dir.display()))?;
+            sink = sink.with_energy(tx);
+            Some(task)
+        }
+        None => None,
+    };
     let sink_task = tokio::spawn(sink.run());
 
     let registry = config.docker.clone().map(|docker| {
@@ -152,6 +164,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     if let Some(task) = registry_task {
         task.await.context("docker registry task panicked")?;
+    }
+    // The sink has dropped its sender: the writer writes the last report and returns.
+    if let Some(task) = energy_task {
+        task.await.context("energy file writer panicked")?;
     }
     result.context("sampling task panicked")??;
     info!("Guest agent stopped.");

@@ -7,7 +7,10 @@
 //!   └─► try_send to the stream sink (bounded; full = drop this newest sample, counted:
 //!       counters are cumulative, the next sample carries its CPU time; `seq` shows the gap)
 //! Docker registry events ──► container table (watch) + tracking changes;
-//!   Died = an immediate extra sample (the container's final counters), then untrack.
+//!   Died = an immediate extra sample that reads the dying container's cgroup first, while
+//!   the engine may still be removing it; the container stays tracked until its cgroup is
+//!   gone, and the sample that finds it gone sends its final counters, completed from the
+//!   parent cgroup (`sources::cgroup`), once.
 //! ```
 //!
 //! Sequence numbers count samples *taken*, so a drop anywhere shows as a gap at the bridge.
@@ -27,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::sinks::ContainerTable;
-use crate::sources::cgroup::{CgroupError, CgroupMounts, CgroupSampler};
+use crate::sources::cgroup::{CgroupError, CgroupMounts, CgroupSampler, Completion, Departure};
 use crate::sources::docker::RegistryEvent;
 use crate::sources::procfs::{self, ProcError, ProcStatReader};
 
@@ -138,9 +141,9 @@ impl Sampling {
     }
 
     /// One blocking pass: apply tracking changes (from registry events), rescan when due, read everything.
-    /// `urgent` (a container just died): skip the hierarchy walk so its cgroup is read as soon
-    /// as possible, before the engine removes it.
-    fn pass(&mut self, ops: Vec<TrackOp>, seq: u64, urgent: bool) -> Option<Sample> {
+    /// `dying` (a container just died): skip the hierarchy walk and read its cgroup first, as
+    /// soon as possible, before the engine removes it.
+    fn pass(&mut self, ops: Vec<TrackOp>, seq: u64, dying: Option<&str>) -> Option<Sample> {
         for op in ops {
             match op {
                 TrackOp::Track { id, rel_path } => {
@@ -151,7 +154,7 @@ impl Sampling {
                 TrackOp::Untrack { id } => self.cgroups.untrack(&id),
             }
         }
-        if !urgent {
+        if dying.is_none() {
             if self.ticks.is_multiple_of(self.ticks_per_rescan) {
                 self.rescan();
             }
@@ -165,9 +168,15 @@ impl Sampling {
                 return None;
             }
         };
-        let report = self.cgroups.sample(&mut self.buf);
+        let report = match dying {
+            Some(id) => self.cgroups.sample_dying_first(&mut self.buf, id),
+            None => self.cgroups.sample(&mut self.buf),
+        };
         for id in &report.vanished {
             debug!(container = %id, "Cgroup gone; no longer sampled.");
+        }
+        for departure in &report.departed {
+            log_departure(departure);
         }
         for err in &report.errors {
             debug!(error = %err, "Cgroup unreadable in this sample.");
@@ -266,18 +275,15 @@ impl Pipeline {
                 },
             }
             let ops = std::mem::take(&mut pending);
-            let urgent = died.is_some();
+            // The dying container stays tracked: the sample that finds its cgroup gone sends
+            // its completed final counters (or a later `Removed` untracks it).
             let (returned, sample) = tokio::task::spawn_blocking(move || {
-                let sample = sampling.pass(ops, seq, urgent);
+                let sample = sampling.pass(ops, seq, died.as_deref());
                 (sampling, sample)
             })
             .await
             .map_err(PipelineError::Join)?;
             sampling = returned;
-            if let Some(id) = died {
-                // Its final counters are in the sample just taken.
-                pending.push(TrackOp::Untrack { id });
-            }
             let Some(sample) = sample else { continue };
             seq += 1;
             stats.taken.fetch_add(1, Ordering::Relaxed);
@@ -295,6 +301,32 @@ impl Pipeline {
         }
         info!(taken = seq, "Sampling stopped.");
         Ok(())
+    }
+}
+
+/// Logs how a departed container's final CPU time was obtained.
+fn log_departure(departure: &Departure) {
+    let id = &departure.id;
+    let last_read_us = departure.last_read.0;
+    match departure.completed {
+        Some((usage, Completion::Exact)) => debug!(
+            container = %id,
+            last_read_us,
+            final_us = usage.0,
+            "Container cgroup gone; final CPU time completed from its parent."
+        ),
+        Some((usage, how)) => info!(
+            container = %id,
+            last_read_us,
+            final_us = usage.0,
+            ?how,
+            "Container cgroup gone; final CPU time estimated from its parent."
+        ),
+        None => info!(
+            container = %id,
+            last_read_us,
+            "Container cgroup gone; its CPU time since the last sample is not known."
+        ),
     }
 }
 

@@ -777,11 +777,11 @@ fn counters_reset_are_reported_as_read() {
     );
 }
 
-// The Docker registry path: `track` with the path from `/proc/<pid>/cgroup`, `sample_one` for
-// the final sample on `die`, `untrack` on `destroy`. Malformed files are errors that keep the
+// The Docker registry path: `track` with the path from `/proc/<pid>/cgroup`, a sample that
+// reads the container first on `die`, `untrack` on `destroy`. Malformed files are errors that keep the
 // container tracked.
 #[test]
-fn track_sample_one_untrack_and_malformed_files() {
+fn track_read_first_untrack_and_malformed_files() {
     let host = v2_host();
     let id = cid(0x55);
     let dir = format!("/sys/fs/cgroup/docker/{id}");
@@ -789,7 +789,7 @@ fn track_sample_one_untrack_and_malformed_files() {
     let mut sampler = host.sampler();
     sampler.track(id.clone(), &format!("/docker/{id}")).unwrap();
     assert_eq!(
-        sampler.sample_one(&id).unwrap().cpu.usage,
+        read_one(&mut sampler, &id).unwrap().cpu.usage,
         CpuMicros(31_337)
     );
 
@@ -802,11 +802,11 @@ fn track_sample_one_untrack_and_malformed_files() {
         "{report:?}"
     );
     assert_eq!(sampler.len(), 1, "a malformed file does not untrack");
-    assert!(sampler.sample_one(&id).is_none());
+    assert!(read_one(&mut sampler, &id).is_none());
 
     sampler.untrack(&id);
     assert!(sampler.is_empty());
-    assert!(sampler.sample_one(&id).is_none());
+    assert!(read_one(&mut sampler, &id).is_none());
 }
 
 // mountinfo escapes spaces in mount points as `\040` (fs/proc_namespace.c); a hierarchy mounted
@@ -959,6 +959,14 @@ impl Drop for RealCgroup {
     }
 }
 
+/// One container's counters from a sample that reads it first and in full (the pipeline's pass
+/// on a `Died` event); `None` when it is not tracked, vanished or failed.
+fn read_one(sampler: &mut CgroupSampler, id: &str) -> Option<ContainerCounters> {
+    let mut out = Vec::new();
+    sampler.sample_dying_first(&mut out, id);
+    out.into_iter().find(|c| c.id == id)
+}
+
 /// Polls until `done` or the deadline; the sleep only paces the polling.
 #[allow(clippy::disallowed_methods)]
 fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -991,14 +999,13 @@ fn real_v1_cpuacct_cgroup_tracks_a_busy_child() {
     sampler.add_explicit(name.clone()).unwrap();
     let report = sampler.rescan().unwrap();
     assert!(report.added.contains(&name), "{report:?}");
-    let idle = sampler.sample_one(&name).unwrap();
+    let idle = read_one(&mut sampler, &name).unwrap();
     assert_eq!(idle.cpu.usage, CpuMicros(0));
 
     cgroup.spawn_busy();
     let target = CpuMicros(50_000);
     assert!(
-        wait_until(Duration::from_secs(20), || sampler
-            .sample_one(&name)
+        wait_until(Duration::from_secs(20), || read_one(&mut sampler, &name)
             .unwrap()
             .cpu
             .usage
@@ -1049,14 +1056,16 @@ fn real_v2_cgroup_vanishes_and_reappears_with_reset_counters() {
     sampler.rescan().unwrap();
     cgroup.spawn_busy();
     let target = CpuMicros(30_000);
-    assert!(wait_until(Duration::from_secs(20), || sampler
-        .sample_one(&name)
-        .unwrap()
-        .cpu
-        .usage
+    assert!(wait_until(Duration::from_secs(20), || read_one(
+        &mut sampler,
+        &name
+    )
+    .unwrap()
+    .cpu
+    .usage
         >= target));
     cgroup.stop_child();
-    let before = sampler.sample_one(&name).unwrap().cpu.usage;
+    let before = read_one(&mut sampler, &name).unwrap().cpu.usage;
     assert!(before >= target);
 
     fs::remove_dir(&cgroup.dir).unwrap();
@@ -1075,7 +1084,7 @@ fn real_v2_cgroup_vanishes_and_reappears_with_reset_counters() {
     fs::create_dir(&cgroup.dir).unwrap();
     let report = sampler.rescan().unwrap();
     assert!(report.added.contains(&name), "{report:?}");
-    let after = sampler.sample_one(&name).unwrap().cpu.usage;
+    let after = read_one(&mut sampler, &name).unwrap().cpu.usage;
     assert!(
         after < before,
         "a recreated cgroup starts from zero: {after} < {before}"

@@ -207,7 +207,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
     testkit::require(
         cache.join("rig.env").is_file(),
         format_args!(
-            "the QEMU rig ({} from scripts/vm/setup-rig.sh)",
+            "the QEMU rig ({}, which scripts/setup-test-env.sh sets up through scripts/vm/setup-rig.sh)",
             cache.join("rig.env").display()
         ),
     );

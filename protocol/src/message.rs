@@ -16,11 +16,18 @@
 //!   Ping t0 ────────────────────────────────►
 //!   ◄───────────────────────────── Pong t0,t1,t2
 //!   Goodbye ────────────────────────────────►  (either side may send Goodbye or Error)
+//!   ◄──────────────────────────────── Energy   (v1.1, only to agents whose Hello says
+//!                                               minor ≥ 1: attributed energy, per window)
 //! ```
+//!
+//! Minor versions: 1.0 is the first release; 1.1 added [`Message::Energy`]. A bridge sends a
+//! message kind only to agents whose Hello announces a minor version that has it, so older
+//! agents never see a variant they cannot decode; an agent never sends Energy, so older
+//! bridges are unaffected.
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::{Bytes, CpuMicros, MonoNanos, UnixNanos};
+use crate::units::{Bytes, CpuMicros, MicroJoules, MonoNanos, UnixNanos};
 
 /// Version of the wire format. A peer rejects an unknown `major`; `minor` only adds messages
 /// at the end of [`Message`], which an older peer answers with an [`ErrorCode::Unsupported`].
@@ -51,6 +58,68 @@ pub enum Message {
     Goodbye(Goodbye),
     /// Either side: the peer did something wrong; the sender closes the connection after this.
     Error(ErrorMessage),
+    /// Bridge → agent (v1.1): the energy attributed to this VM and its containers, cumulative,
+    /// at the end of one attribution window.
+    Energy(EnergyReport),
+}
+
+/// The first minor version of v1 that has [`Message::Energy`].
+pub const ENERGY_SINCE_MINOR: u16 = 1;
+
+/// Energy the bridge attributed to one VM and its containers, handed back to the guest so that
+/// Linux energy tools inside it can read it (`guest-agent --expose-energy`).
+///
+/// Every figure is cumulative since the start of the bridge's recording named by `epoch`, in
+/// integer µJ: the same recording gives the same figures after a bridge restart, and a new
+/// `epoch` tells the agent that the counters start again from zero. Containers the bridge has
+/// seen in this VM keep their entry (and their total) after they exit, so a consumer can take
+/// differences between any two reports of one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnergyReport {
+    /// Names the recording the cumulative figures count from (random, chosen at its creation).
+    pub epoch: u64,
+    /// End of the window this report closes, on the host's wall clock.
+    pub window_end: UnixNanos,
+    /// How the host energy behind these figures was obtained.
+    pub provenance: EnergyProvenance,
+    /// The VM as a whole: its containers, its own system work and (by the idle policy) its part
+    /// of idle.
+    pub vm: AttributedEnergy,
+    /// Each container's part of `vm`.
+    pub containers: Vec<ContainerEnergy>,
+}
+
+/// Where the host energy came from, as the bridge labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnergyProvenance {
+    /// A hardware energy counter (RAPL).
+    Measured,
+    /// The platform vendor's own model (Apple's `powermetrics`/IOReport figures).
+    VendorModel,
+    /// joulebridge's utilisation estimate: no sensor on the host.
+    Estimated,
+}
+
+/// A cumulative energy figure with its bounds, all µJ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributedEnergy {
+    /// The attributed energy.
+    pub energy: MicroJoules,
+    /// Lower bound of the same cumulative figure.
+    pub low: MicroJoules,
+    /// Upper bound of the same cumulative figure.
+    pub high: MicroJoules,
+}
+
+/// One container's cumulative attributed energy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerEnergy {
+    /// Same key as [`ContainerCounters::id`].
+    pub id: String,
+    /// Its name when the bridge knows one (else empty).
+    pub name: String,
+    /// The figure.
+    pub energy: AttributedEnergy,
 }
 
 /// Identity of the sending agent and its VM. Sent once per connection, first.

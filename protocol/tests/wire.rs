@@ -16,9 +16,10 @@ use tokio_util::codec::{Decoder, Framed};
 
 const ID: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
+/// The golden Hello is a v1.0 agent's: its bytes must never change, whatever this build speaks.
 fn hello() -> Message {
     Message::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: ProtocolVersion { major: 1, minor: 0 },
         agent_version: "0.1.0".into(),
         boot_id: "0f6b3c1e-8d2a-4f55-9a7e-1c2d3e4f5a6b".into(),
         instance_id: 0x0123_4567_89ab_cdef,
@@ -133,7 +134,62 @@ fn all() -> Vec<(&'static str, Message)> {
                 message: "protocol major version 2 is not supported; this bridge speaks 1".into(),
             }),
         ),
+        (
+            "energy",
+            Message::Energy(EnergyReport {
+                epoch: 0x5eed_0000_0000_0001,
+                window_end: UnixNanos(1_764_320_010_000_000_000),
+                provenance: EnergyProvenance::VendorModel,
+                vm: AttributedEnergy {
+                    energy: MicroJoules(12_345_678),
+                    low: MicroJoules(11_000_000),
+                    high: MicroJoules(13_500_000),
+                },
+                containers: vec![ContainerEnergy {
+                    id: ID.into(),
+                    name: "web-1".into(),
+                    energy: AttributedEnergy {
+                        energy: MicroJoules(9_000_000),
+                        low: MicroJoules(8_000_000),
+                        high: MicroJoules(9_900_000),
+                    },
+                }],
+            }),
+        ),
     ]
+}
+
+/// Mixed versions: a v1.0 peer's frames decode in this build, the v1.0 kinds keep their
+/// variant numbers (Energy is appended as the 9th), and a v1.0 decoder (the same enum without
+/// the last variant) refuses Energy with a decode error rather than misreading it — which is
+/// why the bridge sends Energy only to agents whose Hello says minor ≥ 1.
+#[test]
+fn energy_is_appended_and_gated_by_minor_version() {
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    enum MessageV1_0 {
+        Hello(Hello),
+        Sample(Sample),
+        Containers(Containers),
+        Ack(Ack),
+        Ping(Ping),
+        Pong(Pong),
+        Goodbye(Goodbye),
+        Error(ErrorMessage),
+    }
+    for (name, msg) in all() {
+        let payload = codec::encode_payload(&msg).unwrap();
+        let old = codec::decode_payload::<MessageV1_0>(&payload);
+        if name == "energy" {
+            assert_eq!(payload[0], 8, "Energy is variant 8");
+            assert!(old.is_err(), "a v1.0 decoder must not accept Energy");
+        } else {
+            assert!(old.is_ok(), "{name} must stay readable by a v1.0 peer");
+        }
+    }
+    const {
+        assert!(PROTOCOL_VERSION.major == 1 && PROTOCOL_VERSION.minor >= ENERGY_SINCE_MINOR);
+    }
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -20,8 +20,11 @@ use std::process::{Command, Stdio};
 /// Always; that is its purpose.
 #[track_caller]
 pub fn missing(what: impl Display) -> ! {
-    panic!("missing: {what} (scripts/setup-test-env.sh sets up the test environment)")
+    panic!("missing: {what}")
 }
+
+/// Where the set-up script provides a missing piece, the failure says so.
+const SETUP_HINT: &str = "scripts/setup-test-env.sh provides it";
 
 /// Fails the running test unless `present`.
 #[track_caller]
@@ -53,7 +56,7 @@ pub fn shared(rel: &str) -> PathBuf {
     require(
         path.exists(),
         format_args!(
-            "../shared/{rel} beside the checkout (looked at {})",
+            "../shared/{rel} beside the checkout (looked at {}; it is not part of the repository)",
             path.display()
         ),
     );
@@ -77,7 +80,7 @@ pub fn runs(program: &str, args: &[&str]) -> bool {
 pub fn require_program(program: &str, args: &[&str], package: &str) {
     require(
         runs(program, args),
-        format_args!("`{program}` on PATH ({package})"),
+        format_args!("`{program}` on PATH ({package}; {SETUP_HINT})"),
     );
 }
 
@@ -91,7 +94,7 @@ pub fn require_docker_image(image: &str) {
     );
     require(
         runs("docker", &["image", "inspect", image]),
-        format_args!("Docker image {image}"),
+        format_args!("Docker image {image} ({SETUP_HINT})"),
     );
 }
 
@@ -100,7 +103,7 @@ pub fn require_docker_image(image: &str) {
 pub fn require_python_module(module: &str, package: &str) {
     require(
         runs("python3", &["-c", &format!("import {module}")]),
-        format_args!("the Python module {module} (PyPI package {package})"),
+        format_args!("the Python module {module} (PyPI package {package}; {SETUP_HINT})"),
     );
 }
 

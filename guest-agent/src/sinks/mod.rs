@@ -1,6 +1,8 @@
-//! Sinks: where the agent's data goes. Only one today: [`stream`], the connection to the host
-//! bridge (vsock, TCP or Unix socket) with its spool of unacknowledged samples.
+//! Sinks: where the agent's data goes: [`stream`], the connection to the host bridge (vsock,
+//! TCP or Unix socket) with its spool of unacknowledged samples, and [`energy`], the files that
+//! hand the bridge's attributed energy back to tools inside the VM (`--expose-energy`).
 
+pub mod energy;
 pub mod stream;
 
 use std::collections::BTreeMap;

@@ -34,6 +34,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, warn};
 
 use super::ContainerTable;
+use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Endpoint, StreamConfig};
 use crate::spool::Spool;
@@ -158,6 +159,9 @@ pub struct StreamSink {
     ping_id: u64,
     /// t3 of the last Pong, sent back in the next Ping so the bridge sees full round trips.
     last_pong: Option<PongReceipt>,
+    /// Where the bridge's Energy reports go (`--expose-energy`); latest wins, as each report
+    /// is cumulative.
+    energy: Option<watch::Sender<Option<protocol::EnergyReport>>>,
 }
 
 /// How one connection ended without an error.
@@ -187,7 +191,15 @@ impl StreamSink {
             stats: Arc::new(StreamStats::default()),
             ping_id: 0,
             last_pong: None,
+            energy: None,
         }
+    }
+
+    /// Hands the bridge's Energy reports to `tx` (the `--expose-energy` writer).
+    #[must_use]
+    pub fn with_energy(mut self, tx: watch::Sender<Option<protocol::EnergyReport>>) -> Self {
+        self.energy = Some(tx);
+        self
     }
 
     /// Shared counters of this sink.
@@ -200,7 +212,8 @@ impl StreamSink {
     /// retried, never returned.
     pub async fn run(mut self) {
         let endpoint = self.config.endpoint.to_string();
-        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        let mut backoff =
+            Backoff::new(self.config.backoff_min, self.config.backoff_max).with_jitter();
         loop {
             let target = self.config.endpoint.clone();
             let dial = dial(&target, self.config.connect_timeout);
@@ -390,6 +403,13 @@ impl StreamSink {
                 message: e.message,
             }),
             Some(Ok(Message::Goodbye(g))) => Ok(Some(SessionEnd::BridgeLeft(g.reason))),
+            Some(Ok(Message::Energy(report))) => {
+                if let Some(tx) = &self.energy {
+                    // No receiver left means the writer failed; it logged why.
+                    let _ignored = tx.send(Some(report));
+                }
+                Ok(None)
+            }
             Some(Ok(other)) => {
                 warn!(message = ?other, "Unexpected message from the bridge; ignoring it.");
                 Ok(None)
@@ -406,7 +426,8 @@ impl StreamSink {
     ) -> Result<SessionEnd, StreamError> {
         let deadline = tokio::time::sleep(self.config.shutdown_ack_timeout);
         tokio::pin!(deadline);
-        let mut unused = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        let mut unused =
+            Backoff::new(self.config.backoff_min, self.config.backoff_max).with_jitter();
         while !self.spool.is_empty() {
             tokio::select! {
                 frame = rx.next() => {
@@ -511,64 +532,9 @@ async fn dial_vsock(_cid: u32, _port: u32) -> io::Result<BoxedTransport> {
     ))
 }
 
-/// Capped exponential back-off with full jitter in the upper half: each delay is uniformly
-/// drawn from `[d/2, d]` where `d` doubles from `min` up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    /// Starts at `min`.
-    #[must_use]
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            current: min,
-        }
-    }
-
-    /// The next delay to wait; doubles the base for the time after.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let half = base / 2;
-        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(rand::random_range(0..=jitter_ns))
-    }
-
-    /// Back to `min` (after a connection that worked).
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut bases = Vec::new();
-        for _ in 0..10 {
-            let d = b.next_delay();
-            bases.push(d);
-        }
-        assert!(bases[0] >= Duration::from_millis(250) && bases[0] <= Duration::from_millis(500));
-        assert!(bases[1] >= Duration::from_millis(500) && bases[1] <= Duration::from_millis(1000));
-        for d in &bases[7..] {
-            assert!(
-                *d >= Duration::from_secs(15) && *d <= Duration::from_secs(30),
-                "{d:?}"
-            );
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(500));
-    }
 
     #[test]
     fn table_diff_reports_changes_and_removals() {

@@ -11,6 +11,9 @@
 //! 3. [`CgroupSampler::sample`] re-reads every open file with `pread` into one reusable buffer
 //!    and yields [`ContainerCounters`], cumulative as the kernel keeps them: deltas (and counter
 //!    resets) are the bridge's business.
+//! 4. A container whose cgroup vanished since the last sample is sent once more, with its final
+//!    CPU time completed from its parent cgroup's counter (the `parent` module explains why
+//!    that is exact and when it is not), then forgotten.
 //!
 //! Which file feeds which counter is decided per container when it is tracked, by what exists:
 //! v2 files where the cgroup has them, v1 controller files otherwise. That one rule covers pure
@@ -22,25 +25,34 @@
 //! render. So the "slow" files ([`read::CounterKind::is_slow`]) are read on a container's first
 //! sample and then every [`CgroupSampler::with_slow_every`]-th: in between, `memory_current` and
 //! `io` are `None` ("not read this sample", not "absent"), and v1 throttling repeats the last
-//! value read so the cumulative counters never go backwards. [`CgroupSampler::sample_one`]
-//! (the final sample of a stopping container) reads everything.
+//! value read so the cumulative counters never go backwards. A container named as dying
+//! ([`CgroupSampler::sample_dying_first`]) is read first and in full.
 //!
 //! Expected conditions are not errors: a missing optional file gives `None`; a container whose
 //! cgroup disappears (it stopped) is dropped from tracking and listed in the report.
+//!
+//! Files: `probe` decides what is tracked (discovery, explicit paths, the Docker registry's
+//! paths, opening the counter files); `sampler` reads it; `parent` completes departures;
+//! `read` parses the files; `layout` and `mountinfo` know the hierarchies.
 
 mod layout;
 mod mountinfo;
+mod parent;
+mod probe;
 mod read;
+mod sampler;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use protocol::{CgroupMode, ContainerCounters, CpuCounters, CpuMicros};
+use protocol::{CgroupMode, CpuCounters, CpuMicros};
 
 pub use layout::{Found, MAX_DEPTH, container_id, normalize};
 pub use mountinfo::{CgroupMounts, V1Mounts};
-use read::{CounterFile, CounterKind, ReadFailure, Reading, open_optional};
+use parent::ParentAccounts;
+pub use parent::{Completion, Departure, LEAK_TOLERANCE, Ledger, Seen, Step, split_exact};
+use read::CounterFile;
 
 /// USER_HZ when the auxiliary vector does not say (`sysconf(_SC_CLK_TCK)`; 100 on every Linux
 /// architecture joulebridge targets).
@@ -164,11 +176,15 @@ pub struct ScanReport {
     pub errors: Vec<CgroupError>,
 }
 
-/// What a [`CgroupSampler::sample`] could not read.
+/// What a [`CgroupSampler::sample`] could not read, and who left.
 #[derive(Debug, Default)]
 pub struct SampleReport {
     /// Containers whose cgroup disappeared; they are no longer tracked.
     pub vanished: Vec<String>,
+    /// Every container whose cgroup was found gone in this sample (tracked, or untracked since
+    /// the last sample), with its completed final CPU time when it could be computed; those
+    /// with one are also in the sample's output, once, with that final usage.
+    pub departed: Vec<Departure>,
     /// Containers left out of this sample because a file failed; they stay tracked.
     pub errors: Vec<CgroupError>,
 }
@@ -201,6 +217,10 @@ struct Tracked {
     slow_throttling: bool,
     /// The throttling counters of the last read of that file.
     last_throttling: Throttling,
+    /// The CPU counters of the last successful read: the base of a completed final sample.
+    last_cpu: CpuCounters,
+    /// What the last sample saw, for the parent's account.
+    seen: Seen,
 }
 
 /// The cumulative CFS throttling counters, kept between reads of a slow v1 `cpu.stat`.
@@ -209,28 +229,6 @@ struct Throttling {
     nr_periods: u64,
     nr_throttled: u64,
     throttled: CpuMicros,
-}
-
-impl Tracked {
-    /// Bookkeeping after a successful read (`slow`: the slow files were read): remembers the
-    /// throttling just read, or puts the last one back into a reading that skipped it.
-    fn after_read(&mut self, reading: &mut read::Reading, slow: bool) {
-        if !self.slow_throttling {
-            return;
-        }
-        let cpu: &mut CpuCounters = &mut reading.cpu;
-        if slow {
-            self.last_throttling = Throttling {
-                nr_periods: cpu.nr_periods,
-                nr_throttled: cpu.nr_throttled,
-                throttled: cpu.throttled,
-            };
-        } else {
-            cpu.nr_periods = self.last_throttling.nr_periods;
-            cpu.nr_throttled = self.last_throttling.nr_throttled;
-            cpu.throttled = self.last_throttling.throttled;
-        }
-    }
 }
 
 /// Reads the counters of every tracked container cgroup. Synchronous: call it from one
@@ -249,6 +247,11 @@ pub struct CgroupSampler {
     explicit: Vec<String>,
     /// Shared read buffer: grows to the largest file once, then is reused for every read.
     buf: Vec<u8>,
+    /// Untracked (by [`untrack`](Self::untrack) or a rescan) since the last sample: read once
+    /// more by the next sample, so one that vanished meanwhile is completed and sent.
+    leaving: Vec<(String, Tracked)>,
+    /// The parents of tracked containers, which complete the final CPU time of departures.
+    parents: ParentAccounts,
 }
 
 impl CgroupSampler {
@@ -269,6 +272,8 @@ impl CgroupSampler {
             tracked: BTreeMap::new(),
             explicit: Vec::new(),
             buf: vec![0; read::INITIAL_BUFFER],
+            leaving: Vec::new(),
+            parents: ParentAccounts::default(),
         }
     }
 
@@ -319,346 +324,6 @@ impl CgroupSampler {
     pub fn is_empty(&self) -> bool {
         self.tracked.is_empty()
     }
-
-    /// Names a cgroup to sample whatever its name, with its path (relative to the hierarchy
-    /// root, e.g. `system.slice/my.service`) as id. It is tracked from the next
-    /// [`rescan`](Self::rescan) on, and re-tracked whenever it reappears.
-    ///
-    /// # Errors
-    /// [`CgroupError::InvalidPath`] for the root or a path with `..`.
-    pub fn add_explicit(&mut self, rel_path: String) -> Result<(), CgroupError> {
-        let rel_path = normalize(&rel_path)?;
-        if !self.explicit.contains(&rel_path) {
-            self.explicit.push(rel_path);
-        }
-        Ok(())
-    }
-
-    /// Tracks the cgroup at `rel_path` (as in `/proc/<pid>/cgroup`, leading `/` allowed) under
-    /// `id`, replacing a tracked entry of that id with another path. Rescans drop it only when
-    /// its directory is gone.
-    ///
-    /// # Errors
-    /// [`CgroupError::InvalidPath`], [`CgroupError::NotFound`] when no hierarchy has the cgroup,
-    /// [`CgroupError::NoCpuAccounting`], or an open error.
-    pub fn track(&mut self, id: String, rel_path: &str) -> Result<(), CgroupError> {
-        let rel_path = normalize(rel_path)?;
-        if let Some(existing) = self.tracked.get_mut(&id)
-            && existing.rel_path == rel_path
-        {
-            existing.origin = Origin::Manual;
-            return Ok(());
-        }
-        let tracked = self.open(rel_path, Origin::Manual)?;
-        self.tracked.insert(id, tracked);
-        Ok(())
-    }
-
-    /// Stops tracking `id` (no-op when unknown).
-    pub fn untrack(&mut self, id: &str) {
-        self.tracked.remove(id);
-    }
-
-    /// Walks the hierarchies for containers and retries explicit paths: tracks the new ones,
-    /// drops the ones whose cgroup is gone.
-    ///
-    /// # Errors
-    /// The walk error when every hierarchy to walk failed to list; per-container problems are
-    /// in [`ScanReport::errors`].
-    pub fn rescan(&mut self) -> Result<ScanReport, CgroupError> {
-        let mut report = ScanReport::default();
-        let roots = self.discovery_roots();
-        let mut lists = Vec::with_capacity(roots.len());
-        let mut walk_errors = Vec::new();
-        for root in &roots {
-            match layout::discover(root) {
-                Ok(list) => lists.push(list),
-                Err(err) => walk_errors.push(err),
-            }
-        }
-        if lists.is_empty()
-            && let Some(first) = walk_errors.pop()
-        {
-            return Err(first);
-        }
-        // With a hierarchy unwalked, "not found" proves nothing: fall back to the directory.
-        let walk_complete = walk_errors.is_empty();
-        report.errors.extend(walk_errors);
-        let found = layout::merge(lists);
-
-        let found_ids: HashSet<&str> = found.iter().map(|f| f.id.as_str()).collect();
-        let gone: Vec<String> = self
-            .tracked
-            .iter()
-            .filter(|(id, t)| match t.origin {
-                Origin::Discovered if walk_complete => !found_ids.contains(id.as_str()),
-                Origin::Discovered | Origin::Manual | Origin::Explicit => !t.dir.is_dir(),
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            self.tracked.remove(&id);
-            report.removed.push(id);
-        }
-
-        let mut tracked_paths: HashSet<String> =
-            self.tracked.values().map(|t| t.rel_path.clone()).collect();
-        for Found { id, rel_path } in found {
-            if self.tracked.contains_key(&id) || tracked_paths.contains(&rel_path) {
-                continue;
-            }
-            match self.open(rel_path.clone(), Origin::Discovered) {
-                Ok(tracked) => {
-                    tracked_paths.insert(rel_path);
-                    self.tracked.insert(id.clone(), tracked);
-                    report.added.push(id);
-                }
-                // Removed between the walk and the open: the container just stopped.
-                Err(CgroupError::NotFound { .. }) => {}
-                Err(err) => report.errors.push(err),
-            }
-        }
-
-        for rel_path in self.explicit.clone() {
-            if tracked_paths.contains(&rel_path) {
-                continue;
-            }
-            match self.open(rel_path.clone(), Origin::Explicit) {
-                Ok(tracked) => {
-                    tracked_paths.insert(rel_path.clone());
-                    self.tracked.insert(rel_path.clone(), tracked);
-                    report.added.push(rel_path);
-                }
-                Err(CgroupError::NotFound { .. }) => report.missing_explicit.push(rel_path),
-                Err(err) => report.errors.push(err),
-            }
-        }
-        tracing::debug!(
-            tracked = self.tracked.len(),
-            added = report.added.len(),
-            removed = report.removed.len(),
-            missing_explicit = report.missing_explicit.len(),
-            errors = report.errors.len(),
-            "Cgroup rescan done."
-        );
-        Ok(report)
-    }
-
-    /// Reads every tracked container into `out`, which is overwritten: its entries (and their
-    /// id strings) are reused, so a caller that keeps the vector allocates nothing per sample.
-    /// The slow files are read per the cadence ([`with_slow_every`](Self::with_slow_every)).
-    /// Containers that vanished are dropped from tracking and listed in the report.
-    pub fn sample(&mut self, out: &mut Vec<ContainerCounters>) -> SampleReport {
-        let mut report = SampleReport::default();
-        let mut filled = 0;
-        for (id, tracked) in &mut self.tracked {
-            let slow = tracked.slow_countdown == 0;
-            match read::read_all(&tracked.files, &mut self.buf, self.user_hz, slow) {
-                Ok(mut reading) => {
-                    tracked.after_read(&mut reading, slow);
-                    // A failed read leaves the countdown alone: the next sample retries.
-                    tracked.slow_countdown = match tracked.slow_countdown.checked_sub(1) {
-                        Some(left) => left,
-                        None => self.slow_every.get() - 1,
-                    };
-                    if let Some(slot) = out.get_mut(filled) {
-                        fill(slot, id, tracked, reading);
-                    } else {
-                        out.push(counters(id.clone(), tracked, reading));
-                    }
-                    filled += 1;
-                }
-                Err(ReadFailure::Vanished) => report.vanished.push(id.clone()),
-                Err(ReadFailure::Error(err)) => report.errors.push(err),
-            }
-        }
-        out.truncate(filled);
-        for id in &report.vanished {
-            self.tracked.remove(id);
-        }
-        report
-    }
-
-    /// Reads one container now, every file whatever the cadence (the final sample on a Docker
-    /// `die` event). `None` when it is not tracked, has vanished (it is then untracked), or a
-    /// file failed (logged).
-    pub fn sample_one(&mut self, id: &str) -> Option<ContainerCounters> {
-        let tracked = self.tracked.get_mut(id)?;
-        match read::read_all(&tracked.files, &mut self.buf, self.user_hz, true) {
-            Ok(mut reading) => {
-                tracked.after_read(&mut reading, true);
-                Some(counters(id.to_owned(), tracked, reading))
-            }
-            Err(ReadFailure::Vanished) => {
-                self.tracked.remove(id);
-                None
-            }
-            Err(ReadFailure::Error(err)) => {
-                tracing::warn!(container = id, error = ?err, "Cgroup unreadable; no final sample.");
-                None
-            }
-        }
-    }
-
-    /// Hierarchies walked for containers: the unified one on v2 and hybrid hosts, plus the v1
-    /// cpu accounting one on v1 and hybrid hosts (Docker's cgroupfs driver creates containers
-    /// only in v1 hierarchies on a hybrid host; its systemd driver creates them in both).
-    fn discovery_roots(&self) -> Vec<PathBuf> {
-        let v1 = &self.mounts.v1;
-        let v1_root = v1
-            .cpuacct
-            .as_ref()
-            .or(v1.cpu.as_ref())
-            .or(v1.memory.as_ref())
-            .or(v1.blkio.as_ref());
-        let mut roots = Vec::new();
-        if matches!(self.mounts.mode, CgroupMode::V2 | CgroupMode::Hybrid)
-            && let Some(v2) = &self.mounts.v2
-        {
-            roots.push(v2.clone());
-        }
-        if matches!(self.mounts.mode, CgroupMode::V1 | CgroupMode::Hybrid)
-            && let Some(v1_root) = v1_root
-        {
-            roots.push(v1_root.clone());
-        }
-        roots
-    }
-
-    /// Opens the counter files of the cgroup at `rel_path` (normalised) and reads its limit.
-    fn open(&self, rel_path: String, origin: Origin) -> Result<Tracked, CgroupError> {
-        let at = |mount: &Option<PathBuf>| mount.as_ref().map(|m| m.join(&rel_path));
-        let v2 = at(&self.mounts.v2);
-        let v1 = &self.mounts.v1;
-        let (cpuacct, cpu, memory, blkio) =
-            (at(&v1.cpuacct), at(&v1.cpu), at(&v1.memory), at(&v1.blkio));
-
-        let mut files = Vec::with_capacity(5);
-        let mut dir = None;
-        let mut v2_cpu = false;
-        if let Some(v2) = &v2
-            && let Some(file) = open_optional(v2, read::V2_CPU_STAT, CounterKind::V2CpuStat)?
-        {
-            files.push(file);
-            dir = Some(v2.clone());
-            v2_cpu = true;
-        } else if let Some(cpuacct) = &cpuacct
-            && let Some(file) =
-                open_optional(cpuacct, read::V1_CPUACCT_USAGE, CounterKind::V1CpuacctUsage)?
-        {
-            files.push(file);
-            files.extend(open_optional(
-                cpuacct,
-                read::V1_CPUACCT_STAT,
-                CounterKind::V1CpuacctStat,
-            )?);
-            dir = Some(cpuacct.clone());
-        }
-        let Some(dir) = dir else {
-            let existing = [&v2, &cpuacct, &cpu, &memory, &blkio]
-                .into_iter()
-                .flatten()
-                .find(|d| d.is_dir());
-            return Err(match existing {
-                Some(path) => CgroupError::NoCpuAccounting { path: path.clone() },
-                None => CgroupError::NotFound { rel_path },
-            });
-        };
-
-        // Throttling: in v2 `cpu.stat` itself when the cpu controller is enabled there (then
-        // `cpu.max` exists), else the v1 cpu controller's `cpu.stat`.
-        let v2_cpu_controller = v2_cpu
-            && v2
-                .as_ref()
-                .is_some_and(|d| d.join(read::V2_CPU_MAX).exists());
-        let wanted = self.counters;
-        if wanted.throttling
-            && !v2_cpu_controller
-            && let Some(cpu) = &cpu
-        {
-            files.extend(open_optional(
-                cpu,
-                read::V1_CPU_STAT,
-                CounterKind::V1CpuStat,
-            )?);
-        }
-        if wanted.memory {
-            files.extend(first_present(&[
-                (&v2, read::V2_MEMORY_CURRENT, CounterKind::V2MemoryCurrent),
-                (&memory, read::V1_MEMORY_USAGE, CounterKind::V1MemoryUsage),
-            ])?);
-        }
-        if wanted.io {
-            files.extend(first_present(&[
-                (&v2, read::V2_IO_STAT, CounterKind::V2IoStat),
-                (
-                    &blkio,
-                    read::V1_BLKIO_SERVICE_BYTES,
-                    CounterKind::V1BlkioServiceBytes,
-                ),
-            ])?);
-        }
-
-        let cpu_limit_millicores = if v2_cpu_controller {
-            v2.as_deref()
-                .and_then(|d| read_small(&d.join(read::V2_CPU_MAX)))
-                .and_then(|text| read::parse_cpu_max(&text))
-        } else {
-            cpu.as_deref().and_then(|d| {
-                let quota = read_small(&d.join(read::V1_CFS_QUOTA))?;
-                let period = read_small(&d.join(read::V1_CFS_PERIOD))?;
-                read::parse_cfs(&quota, &period)
-            })
-        };
-        let slow_throttling = files.iter().any(|f| f.kind == CounterKind::V1CpuStat);
-        Ok(Tracked {
-            rel_path,
-            origin,
-            dir,
-            files,
-            cpu_limit_millicores,
-            slow_countdown: 0,
-            slow_throttling,
-            last_throttling: Throttling::default(),
-        })
-    }
-}
-
-/// Opens the first of several alternative files that exists.
-fn first_present(
-    candidates: &[(&Option<PathBuf>, &str, CounterKind)],
-) -> Result<Option<CounterFile>, CgroupError> {
-    for (dir, name, kind) in candidates {
-        if let Some(dir) = dir
-            && let Some(file) = open_optional(dir, name, *kind)?
-        {
-            return Ok(Some(file));
-        }
-    }
-    Ok(None)
-}
-
-/// A small control file read once at track time; unreadable means unknown.
-fn read_small(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()
-}
-
-fn counters(id: String, tracked: &Tracked, reading: Reading) -> ContainerCounters {
-    ContainerCounters {
-        id,
-        cpu: reading.cpu,
-        memory_current: reading.memory_current,
-        io: reading.io,
-        cpu_limit_millicores: tracked.cpu_limit_millicores,
-    }
-}
-
-fn fill(slot: &mut ContainerCounters, id: &str, tracked: &Tracked, reading: Reading) {
-    id.clone_into(&mut slot.id);
-    slot.cpu = reading.cpu;
-    slot.memory_current = reading.memory_current;
-    slot.io = reading.io;
-    slot.cpu_limit_millicores = tracked.cpu_limit_millicores;
 }
 
 /// USER_HZ from the auxiliary vector (`AT_CLKTCK`, what `sysconf(_SC_CLK_TCK)` returns), read
@@ -672,187 +337,4 @@ fn user_hz() -> u64 {
         }
     }
     DEFAULT_USER_HZ
-}
-
-#[cfg(test)]
-mod tests {
-    use std::fs;
-
-    use protocol::{Bytes, IoCounters};
-
-    use super::*;
-
-    const REL: &str = "docker/c1";
-
-    /// A pure-v1 tree (separate controller mounts) with one container, as files in a temp dir.
-    struct V1Tree {
-        dir: tempfile::TempDir,
-    }
-
-    impl V1Tree {
-        fn new() -> Self {
-            let tree = Self {
-                dir: tempfile::tempdir().unwrap(),
-            };
-            for controller in ["cpu", "cpuacct", "memory", "blkio"] {
-                fs::create_dir_all(tree.cgroup(controller)).unwrap();
-            }
-            tree.write("cpuacct", "cpuacct.usage", "5000000\n");
-            tree.write("cpuacct", "cpuacct.stat", "user 3\nsystem 1\n");
-            tree.write("cpu", "cpu.cfs_quota_us", "-1\n");
-            tree.write("cpu", "cpu.cfs_period_us", "100000\n");
-            tree.set_tick(0);
-            tree
-        }
-
-        fn cgroup(&self, controller: &str) -> PathBuf {
-            self.dir.path().join(controller).join(REL)
-        }
-
-        fn write(&self, controller: &str, name: &str, text: &str) {
-            fs::write(self.cgroup(controller).join(name), text).unwrap();
-        }
-
-        /// Makes every counter file a function of `tick`, so a sample shows which it read.
-        fn set_tick(&self, tick: u64) {
-            self.write(
-                "cpuacct",
-                "cpuacct.usage",
-                &format!("{}\n", (tick + 1) * 1_000),
-            );
-            self.write(
-                "cpu",
-                "cpu.stat",
-                &format!(
-                    "nr_periods {}\nnr_throttled {tick}\nthrottled_time {}\n",
-                    tick * 2,
-                    tick * 1_000
-                ),
-            );
-            self.write(
-                "memory",
-                "memory.usage_in_bytes",
-                &format!("{}\n", tick + 100),
-            );
-            self.write(
-                "blkio",
-                "blkio.throttle.io_service_bytes",
-                &format!(
-                    "8:0 Read {tick}\n8:0 Write {}\nTotal {}\n",
-                    tick * 2,
-                    tick * 3
-                ),
-            );
-        }
-
-        fn sampler(&self, every: u32) -> CgroupSampler {
-            let at = |c: &str| Some(self.dir.path().join(c));
-            let mounts = CgroupMounts {
-                mode: CgroupMode::V1,
-                v2: None,
-                v1: V1Mounts {
-                    cpu: at("cpu"),
-                    cpuacct: at("cpuacct"),
-                    memory: at("memory"),
-                    blkio: at("blkio"),
-                },
-            };
-            let mut sampler = CgroupSampler::with_user_hz(mounts, 100)
-                .with_slow_every(NonZeroU32::new(every).unwrap());
-            sampler.track("c1".to_owned(), REL).unwrap();
-            sampler
-        }
-    }
-
-    fn sample(sampler: &mut CgroupSampler, out: &mut Vec<ContainerCounters>) -> ContainerCounters {
-        let report = sampler.sample(out);
-        assert!(
-            report.vanished.is_empty() && report.errors.is_empty(),
-            "{report:?}"
-        );
-        assert_eq!(out.len(), 1);
-        out[0].clone()
-    }
-
-    #[test]
-    fn slow_files_are_read_on_the_first_sample_and_every_nth_only() {
-        let tree = V1Tree::new();
-        let mut sampler = tree.sampler(3);
-        let mut out = Vec::new();
-        for tick in 0..10 {
-            tree.set_tick(tick);
-            let c = sample(&mut sampler, &mut out);
-            // CPU time: every sample.
-            assert_eq!(c.cpu.usage, CpuMicros(tick + 1), "tick {tick}");
-            if tick % 3 == 0 {
-                assert_eq!(c.memory_current, Some(Bytes(tick + 100)), "tick {tick}");
-                assert_eq!(
-                    c.io,
-                    Some(IoCounters {
-                        read: Bytes(tick),
-                        write: Bytes(tick * 2)
-                    }),
-                    "tick {tick}"
-                );
-            } else {
-                assert_eq!((c.memory_current, c.io), (None, None), "tick {tick}");
-            }
-        }
-    }
-
-    #[test]
-    fn throttling_repeats_the_last_value_read_and_never_decreases() {
-        let tree = V1Tree::new();
-        let mut sampler = tree.sampler(4);
-        let mut out = Vec::new();
-        let mut previous = CpuCounters::default();
-        for tick in 0..13 {
-            tree.set_tick(tick);
-            let cpu = sample(&mut sampler, &mut out).cpu;
-            let read_at = tick - tick % 4;
-            assert_eq!(
-                (cpu.nr_periods, cpu.nr_throttled, cpu.throttled),
-                (read_at * 2, read_at, CpuMicros(read_at)),
-                "tick {tick}"
-            );
-            assert!(
-                cpu.nr_periods >= previous.nr_periods
-                    && cpu.nr_throttled >= previous.nr_throttled
-                    && cpu.throttled >= previous.throttled,
-                "tick {tick}: {cpu:?} after {previous:?}"
-            );
-            previous = cpu;
-        }
-        assert!(previous.nr_throttled > 0, "the counters moved at all");
-    }
-
-    #[test]
-    fn every_sample_reads_everything_when_n_is_1() {
-        let tree = V1Tree::new();
-        let mut sampler = tree.sampler(1);
-        let mut out = Vec::new();
-        for tick in 0..5 {
-            tree.set_tick(tick);
-            let c = sample(&mut sampler, &mut out);
-            assert_eq!(c.memory_current, Some(Bytes(tick + 100)), "tick {tick}");
-            assert_eq!(c.io.map(|io| io.read), Some(Bytes(tick)), "tick {tick}");
-            assert_eq!(c.cpu.nr_throttled, tick, "tick {tick}");
-        }
-    }
-
-    #[test]
-    fn sample_one_reads_everything_between_slow_samples() {
-        let tree = V1Tree::new();
-        let mut sampler = tree.sampler(10);
-        let mut out = Vec::new();
-        sample(&mut sampler, &mut out);
-        tree.set_tick(5);
-        assert_eq!(sample(&mut sampler, &mut out).memory_current, None);
-        let last = sampler.sample_one("c1").unwrap();
-        assert_eq!(last.memory_current, Some(Bytes(105)));
-        assert_eq!(last.io.map(|io| io.write), Some(Bytes(10)));
-        assert_eq!(last.cpu.nr_throttled, 5);
-        // What the final read saw is kept: a later fast sample does not go back to tick 0.
-        assert_eq!(sample(&mut sampler, &mut out).cpu.nr_throttled, 5);
-    }
 }

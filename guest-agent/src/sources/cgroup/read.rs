@@ -137,7 +137,8 @@ pub fn open_optional(
 /// Whether an I/O error means the cgroup (or file) no longer exists.
 #[must_use]
 pub fn is_gone(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ENODEV)
+    err.kind() == io::ErrorKind::NotFound
+        || err.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error())
 }
 
 /// Reads the files of one cgroup into a [`Reading`]: every file when `slow` is set, else only

@@ -391,7 +391,7 @@ pub async fn serve(
                         let _recorded = ctx.recorder.record(record(message, at)).await;
                         return;
                     }
-                    Message::Hello(_) | Message::Ack(_) | Message::Pong(_) => {
+                    Message::Hello(_) | Message::Ack(_) | Message::Pong(_) | Message::Energy(_) => {
                         let why = format!("unexpected {} from an agent after Hello", kind(&message));
                         warn!(reason = %why, "Protocol violation; closing.");
                         rejected();
@@ -511,6 +511,7 @@ fn kind(message: &Message) -> &'static str {
         Message::Pong(_) => "Pong",
         Message::Goodbye(_) => "Goodbye",
         Message::Error(_) => "Error",
+        Message::Energy(_) => "Energy",
     }
 }
 
