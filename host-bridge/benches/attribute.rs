@@ -14,13 +14,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use host_bridge::journal::RecordEntry;
 use host_bridge::pipeline::{Engine, IdlePolicy, PipelineConfig};
-use host_bridge::recording::RecordEntry;
 use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use protocol::codec;
 use protocol::{
-    CgroupMode, ClockReading, ContainerCounters, CpuCounters, CpuMicros, Hello, Message,
-    MicroJoules, MonoNanos, ProcStat, Sample, UnixNanos,
+    ClockReading, ContainerCounters, CpuCounters, CpuMicros, Hello, Message, MicroJoules,
+    MonoNanos, ProcStat, Sample, UnixNanos,
 };
 
 const CONTAINERS: u64 = 100;
@@ -36,22 +36,13 @@ fn frames() -> BytesMut {
         conn: 1,
         at: MonoNanos(T0),
         message: Message::Hello(Hello {
-            protocol: protocol::PROTOCOL_VERSION,
-            agent_version: "bench".into(),
-            boot_id: "boot".into(),
-            instance_id: 1,
-            vm_name: "vm".into(),
-            hostname: "h".into(),
-            kernel_release: "6.10".into(),
-            cgroup_mode: CgroupMode::V2,
             cpu_count: 8,
             clock: ClockReading {
                 mono_ns: MonoNanos(5),
                 unix_ns: UnixNanos(0),
             },
-            sample_period_ms: 1000,
             has_container_metadata: true,
-            auth_token: None,
+            ..protocol::testing::hello("boot", 1, "vm")
         }),
     });
     let ids: Vec<String> = (0..CONTAINERS)

@@ -9,20 +9,25 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use host_bridge::journal::{PowerSourceKind, Provenance};
+use host_bridge::pipeline::{BucketKind, ContainerLabels, ContainerView, IdlePolicy, LedgerView};
 use host_bridge::report::html;
 use host_bridge::report::model::{
-    Bounded, Bucket, BucketReport, ContainerReport, Policy, PowerSourceInfo, Provenance, Quality,
-    RecordingInfo, Report, SCHEMA_VERSION, SeriesPoint, Totals,
+    Bounded, BucketReport, ContainerReport, PowerSourceInfo, Quality, RecordingInfo, Report,
+    SCHEMA_VERSION, SeriesPoint, Totals,
 };
-use host_bridge::sinks::prometheus::{
-    BridgeStats, ContainerLabels, ContainerMetrics, MetricsEndpoint, MetricsView,
-};
+use host_bridge::sinks::prometheus::MetricsEndpoint;
+use host_bridge::sources::guest::stats::BridgeStats;
 use tokio::sync::watch;
 
-fn view(containers: u64) -> MetricsView {
-    let mut v = MetricsView::empty("powermetrics", Provenance::Measured, Policy::Exclude);
+fn view(containers: u64) -> LedgerView {
+    let mut v = LedgerView::empty(
+        Some(PowerSourceKind::Powermetrics),
+        Provenance::Measured,
+        IdlePolicy::Exclude,
+    );
     for i in 0..containers {
-        v.containers.push(ContainerMetrics {
+        v.containers.push(ContainerView {
             labels: ContainerLabels {
                 vm: "docker-desktop".into(),
                 container_id: format!("{i:064x}"),
@@ -36,7 +41,7 @@ fn view(containers: u64) -> MetricsView {
             power_w: Some(0.5),
         });
     }
-    v.buckets = Bucket::ALL.iter().map(|b| (*b, 1_000_000)).collect();
+    v.buckets = BucketKind::ALL.iter().map(|b| (*b, 1_000_000)).collect();
     v.host_energy_uj = 9_000_000_000;
     v.host_power_w = Some(12.0);
     v
@@ -57,7 +62,7 @@ fn report(containers: u64, windows: u64) -> Report {
                     .map(|(i, k)| (k.clone(), 100_000 * (u64::try_from(i).expect("small") + 1)))
                     .collect(),
                 cpu_us: BTreeMap::new(),
-                buckets_uj: [(Bucket::Idle, 2_000_000)].into_iter().collect(),
+                buckets_uj: [(BucketKind::Idle, 2_000_000)].into_iter().collect(),
                 degraded: false,
             }
         })
@@ -71,7 +76,7 @@ fn report(containers: u64, windows: u64) -> Report {
             provenance: Provenance::Measured,
             reason: "bench".into(),
         },
-        policy: Policy::Exclude,
+        policy: IdlePolicy::Exclude,
         vm_share_basis: "cpu-time".into(),
         window_s: 1.0,
         duration_s: 3_600.0,
@@ -82,7 +87,7 @@ fn report(containers: u64, windows: u64) -> Report {
             vm: Bounded::exact(1),
             containers: Bounded::exact(1),
             buckets: vec![BucketReport {
-                bucket: Bucket::Idle,
+                bucket: BucketKind::Idle,
                 energy: Bounded::exact(2_000_000 * windows),
                 carbon_g: None,
             }],

@@ -1,15 +1,16 @@
-//! Command-line flags, as typed by the user. One subcommand per way of running the bridge;
-//! each has its own `…Args` struct, turned into a validated configuration in [`crate::config`].
+//! Command-line flags, as typed by the user: every clap type of the bridge, and nothing else.
+//! One subcommand per way of running the bridge; each has its own `…Args` struct, validated
+//! into configuration in [`crate::config`]. Values that have a domain type (the idle policy)
+//! are parsed straight into it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 
-use crate::commands::{
-    AttributionArgs, compare::CompareArgs, completions::CompletionsArgs, export_gmt::ExportGmtArgs,
-    measure::MeasureArgs, report::ReportArgs,
-};
+use crate::pipeline::IdlePolicy;
 
 /// joulebridge host bridge: receives guest agent streams, records them and (with a power
 /// source) attributes host energy to containers.
@@ -173,4 +174,159 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Attribution flags shared by every command that reads a recording.
+#[derive(Debug, Clone, Args)]
+pub struct AttributionArgs {
+    /// Idle policy: where idle power goes.
+    #[arg(long, value_enum, default_value_t = IdlePolicy::Exclude)]
+    pub policy: IdlePolicy,
+
+    /// Attribution window in seconds (at least 10× the slowest sampling period is best).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub window: f64,
+
+    /// Measured idle power of the host in watts (e.g. from `measure --baseline`); without it
+    /// idle is estimated as a fixed fraction of each window and flagged as estimated.
+    #[arg(long, value_name = "WATTS")]
+    pub idle_watts: Option<f64>,
+
+    /// Grid carbon intensity in gCO2e/kWh; adds grams of CO2e to every energy figure.
+    #[arg(long, value_name = "G_PER_KWH")]
+    pub grid_intensity: Option<f64>,
+}
+
+/// `--policy` takes the pipeline's own [`IdlePolicy`], spelled as in reports.
+impl ValueEnum for IdlePolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Self::Exclude => "Containers get dynamic energy only; idle is its own bucket",
+            Self::Proportional => "Idle is spread like dynamic energy, by CPU time",
+            Self::Reserved => "Idle is spread by reservation (CPU limits, else equally)",
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
+    }
+}
+
+/// Flags of `measure`.
+#[derive(Debug, Clone, Args)]
+pub struct MeasureArgs {
+    /// Seconds of baseline (idle) recording before the command starts; its mean power is
+    /// used as the measured idle power. 0 = no baseline (idle is then estimated).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub baseline: f64,
+
+    /// Directory for the recording and the report (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "joulebridge-measure")]
+    pub out: PathBuf,
+
+    /// Where to accept agents (as `serve --listen`). Repeatable.
+    #[arg(
+        long = "listen",
+        value_name = "ENDPOINT",
+        default_value = "tcp://127.0.0.1:7777"
+    )]
+    pub listen: Vec<String>,
+
+    /// Attribution settings (`--idle-watts` overrides the baseline).
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+
+    /// Host power source settings (as `serve`).
+    #[command(flatten)]
+    pub power: PowerArgs,
+
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Output format as typed on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// `report.json`: every figure with bounds, policy, source, quality.
+    Json,
+    /// `summary.csv` and `series.csv`.
+    Csv,
+    /// `series.jsonl`: one window per line.
+    Jsonl,
+    /// `report.html`: a self-contained page with a stacked power chart.
+    Html,
+    /// All of the above.
+    All,
+}
+
+/// Flags of `report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The recording (`.jbr`) written by `serve` or `measure`.
+    pub recording: PathBuf,
+
+    /// Formats to write (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub format: Vec<FormatArg>,
+
+    /// Directory for the report files (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "joulebridge-report")]
+    pub out: PathBuf,
+
+    /// Attribution settings.
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+}
+
+/// Flags of `compare`.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Run A: report JSON or recording (usually the Mac/VM run).
+    pub a: PathBuf,
+
+    /// Run B: report JSON or recording (usually the Linux-native run).
+    pub b: PathBuf,
+
+    /// Fail (exit code 3) when any container's energy share differs by more than this
+    /// fraction (0.05 = 5 percentage points). For CI.
+    #[arg(long, value_name = "FRACTION")]
+    pub max_share_diff: Option<f64>,
+
+    /// Also write the comparison as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Attribution settings for inputs that are recordings.
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+}
+
+/// Flags of `export-gmt`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportGmtArgs {
+    /// The recording (`.jbr`).
+    pub recording: PathBuf,
+
+    /// Directory for the `<metric>.log` files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Attribution windows per GMT sample line. Raise it when containers are idle for
+    /// stretches, so that GMT's ±20 % sampling-rate check holds.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub windows_per_line: usize,
+
+    /// Attribution settings.
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+}
+
+/// Flags of `completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. `bash` (`host-bridge completions bash > /etc/bash_completion.d/host-bridge`).
+    #[arg(value_enum)]
+    pub shell: Shell,
 }

@@ -36,6 +36,17 @@ pub fn unix_now() -> UnixNanos {
     UnixNanos(timespec_ns(ts.tv_sec(), ts.tv_nsec()))
 }
 
+/// A wall-clock instant as UTC text in `strftime` format `fmt` (e.g. `%Y-%m-%d %H:%M:%S`).
+/// The only place the bridge turns Unix time into a calendar date.
+#[must_use]
+pub fn utc(unix: UnixNanos, fmt: &str) -> String {
+    let secs = i64::try_from(unix.0 / 1_000_000_000).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::MAX)
+        .strftime(fmt)
+        .to_string()
+}
+
 fn timespec_ns(sec: i64, nsec: i64) -> u64 {
     let sec = u64::try_from(sec).unwrap_or(0);
     let nsec = u64::try_from(nsec).unwrap_or(0);
@@ -45,6 +56,23 @@ fn timespec_ns(sec: i64, nsec: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_formats_calendar_dates() {
+        // 2026-11-28 11:42:35 UTC
+        let t = UnixNanos(1_795_866_155_000_000_000);
+        assert_eq!(utc(t, "%Y-%m-%d %H:%M:%S"), "2026-11-28 11:42:35");
+        assert_eq!(utc(UnixNanos(0), "%Y%m%d-%H%M%S"), "19700101-000000");
+        // 2000-02-29 (a leap day of a century divisible by 400) and 2100-03-01.
+        assert_eq!(
+            utc(UnixNanos(951_782_400_000_000_000), "%Y-%m-%d"),
+            "2000-02-29"
+        );
+        assert_eq!(
+            utc(UnixNanos(4_107_542_400_000_000_000), "%Y-%m-%d"),
+            "2100-03-01"
+        );
+    }
 
     #[test]
     fn mono_now_is_monotonic_and_near_the_os_clock() {

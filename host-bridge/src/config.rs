@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use protocol::endpoint::EndpointError;
 
-use crate::cli::{PowerArgs, ReplayPace, ServeArgs};
+use crate::cli::{AttributionArgs, PowerArgs, ReplayPace, ServeArgs};
+use crate::pipeline::{IdleModel, PipelineConfig};
+use crate::report::model::GridIntensity;
 use crate::sources::power::estimate::{
     DEFAULT_IDLE_WATTS_PER_CPU, DEFAULT_MAX_WATTS_PER_CPU, EstimateModel,
 };
@@ -18,6 +20,8 @@ use crate::sources::power::{PowerConfig, SourceChoice, VmSelector};
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default stall limit inside a frame.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default silence limit between frames (agents ping every 10 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Shortest accepted `--power-interval-ms` (powermetrics' own floor is about 10 ms).
 pub const MIN_POWER_INTERVAL_MS: u64 = 10;
 /// Longest accepted `--power-interval-ms` (one hour).
@@ -196,25 +200,54 @@ fn estimate_model(args: &PowerArgs) -> Result<Option<EstimateModel>, ConfigError
     Ok(Some(model))
 }
 
+/// `--listen` values, parsed and checked against what this host can listen on.
+fn listen_endpoints(listen: &[String]) -> Result<Vec<ListenEndpoint>, ConfigError> {
+    let listen = listen
+        .iter()
+        .map(|s| s.parse::<ListenEndpoint>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ConfigError::Listen)?;
+    if !cfg!(target_os = "linux")
+        && let Some(v) = listen
+            .iter()
+            .find(|e| matches!(e, ListenEndpoint::Vsock { .. }))
+    {
+        return Err(ConfigError::VsockUnsupported {
+            input: v.to_string(),
+        });
+    }
+    Ok(listen)
+}
+
+impl Config {
+    /// A bridge listening on `listen`, recording to `record` and reading host power as `power`
+    /// says, with the defaults for everything else and no live table (what `measure` runs).
+    ///
+    /// # Errors
+    /// An endpoint or power flag that cannot be used.
+    pub fn with_defaults(
+        listen: &[String],
+        record: PathBuf,
+        power: &PowerArgs,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: listen_endpoints(listen)?,
+            record,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            auth_token: None,
+            live: false,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            power: Some(PowerConfig::try_from(power)?),
+        })
+    }
+}
+
 impl TryFrom<ServeArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
-        let listen = args
-            .listen
-            .iter()
-            .map(|s| s.parse::<ListenEndpoint>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ConfigError::Listen)?;
-        if !cfg!(target_os = "linux")
-            && let Some(v) = listen
-                .iter()
-                .find(|e| matches!(e, ListenEndpoint::Vsock { .. }))
-        {
-            return Err(ConfigError::VsockUnsupported {
-                input: v.to_string(),
-            });
-        }
+        let listen = listen_endpoints(&args.listen)?;
         if args.max_connections == 0 {
             return Err(ConfigError::OutOfRange {
                 flag: "--max-connections",
@@ -253,32 +286,70 @@ impl TryFrom<ServeArgs> for Config {
     }
 }
 
+impl AttributionArgs {
+    /// The pipeline configuration these flags describe.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a window shorter than 1 ms or an idle power that is not a
+    /// non-negative number.
+    pub fn pipeline_config(&self) -> Result<PipelineConfig, ConfigError> {
+        if !(self.window.is_finite() && self.window >= 0.001) {
+            return Err(invalid(
+                "--window",
+                self.window,
+                "expected at least 0.001 (seconds; 10 or more recommended)",
+            ));
+        }
+        let idle = match self.idle_watts {
+            None => IdleModel::default(),
+            Some(w) if !(w.is_finite() && w >= 0.0) => {
+                return Err(invalid(
+                    "--idle-watts",
+                    w,
+                    "expected a non-negative number of watts",
+                ));
+            }
+            Some(w) => {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked ≥ 0
+                let idle_mw = (w * 1_000.0).round() as u64;
+                IdleModel::Baseline { idle_mw }
+            }
+        };
+        Ok(PipelineConfig {
+            window: Duration::from_secs_f64(self.window),
+            policy: self.policy,
+            idle,
+            ..PipelineConfig::default()
+        })
+    }
+
+    /// The grid intensity, validated.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a negative or non-finite intensity.
+    pub fn grid(&self) -> Result<Option<GridIntensity>, ConfigError> {
+        self.grid_intensity
+            .map(|g| {
+                GridIntensity::new(g).ok_or_else(|| {
+                    invalid(
+                        "--grid-intensity",
+                        g,
+                        "expected a non-negative number of gCO2e/kWh",
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
 /// `./joulebridge-YYYYMMDD-HHMMSS.jbr` (UTC) for a Unix time in seconds.
 #[must_use]
 pub fn default_recording_path(unix_secs: u64) -> PathBuf {
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let at = protocol::UnixNanos(unix_secs.saturating_mul(1_000_000_000));
     PathBuf::from(format!(
-        "joulebridge-{y:04}{m:02}{d:02}-{:02}{:02}{:02}.jbr",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
+        "joulebridge-{}.jbr",
+        crate::clock::utc(at, "%Y%m%d-%H%M%S")
     ))
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant, `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -393,6 +464,42 @@ mod tests {
             ..PowerArgs::default()
         });
         assert!(e.contains("--vm-pid") && e.contains("-3"), "{e}");
+    }
+
+    #[test]
+    fn attribution_flag_errors_name_flag_and_value() {
+        let args = AttributionArgs {
+            policy: crate::pipeline::IdlePolicy::Exclude,
+            window: 10.0,
+            idle_watts: None,
+            grid_intensity: None,
+        };
+        let cfg = args.pipeline_config().unwrap();
+        assert_eq!(cfg.window, Duration::from_secs(10));
+        let e = AttributionArgs {
+            window: 0.0,
+            ..args.clone()
+        }
+        .pipeline_config()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--window") && e.contains("0.001"), "{e}");
+        let e = AttributionArgs {
+            idle_watts: Some(-1.0),
+            ..args.clone()
+        }
+        .pipeline_config()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--idle-watts") && e.contains("-1"), "{e}");
+        let e = AttributionArgs {
+            grid_intensity: Some(f64::NAN),
+            ..args
+        }
+        .grid()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--grid-intensity"), "{e}");
     }
 
     #[test]

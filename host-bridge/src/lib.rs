@@ -1,21 +1,28 @@
 //! joulebridge host bridge.
 //!
-//! Data flows sources → pipeline → sinks:
-//! - [`sources`]: guest agent connections ([`sources::guest`]) and host power readings.
-//! - [`pipeline`]: alignment and attribution (pure functions, integer µJ).
-//! - [`sinks`]: the recorder (recording file, acks, dedupe), the live view, Prometheus.
-//! - [`report`]: reports (JSON, CSV, HTML), `compare` and GMT export.
-//! - [`recording`]: the file every live run writes and every offline command reads.
+//! Data flows sources → journal → pipeline → sinks, and the module tree says so:
+//! - [`sources`]: guest agent connections ([`sources::guest`]) and host power readings
+//!   ([`sources::power`]).
+//! - [`journal`]: the record types (frozen, versioned), the recording file, and the recorder
+//!   that dedupes, writes, syncs and acknowledges.
+//! - [`pipeline`]: alignment, apportionment and the ledger (pure, integer µJ), and the
+//!   published [`pipeline::LedgerView`].
+//! - [`sinks`]: the Prometheus page and the live table, rendering the latest view.
+//! - [`report`]: reports (JSON, CSV, HTML), `compare` and GMT export of a recording.
 //! - [`clock`]: the host monotonic clock everything is stamped with.
-//! - [`cli`] / [`config`]: flags, then validated configuration.
-//! - [`serve`]: the `serve` command wiring it all together.
+//! - [`serve`]: the `serve` command wiring the layers together; [`commands`]: the other
+//!   subcommands.
+//! - [`cli`] / [`config`]: every flag, then validated configuration.
+//!
+//! A module imports only from modules listed after it in the flow (and from `clock`); see
+//! DESIGN.md §1.
 
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod journal;
 pub mod pipeline;
-pub mod recording;
 pub mod report;
 pub mod serve;
 pub mod sinks;

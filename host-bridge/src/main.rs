@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            let metrics = commands::live_attribution::MetricsBind::from_flags(
+            let metrics = host_bridge::serve::live::MetricsBind::from_flags(
                 args.metrics_addr,
                 args.no_metrics,
             );
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            exit_code(runtime.block_on(commands::live_attribution::serve(
+            exit_code(runtime.block_on(host_bridge::serve::live::serve(
                 config,
                 metrics,
                 pipeline,

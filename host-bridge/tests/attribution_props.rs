@@ -5,16 +5,16 @@
 
 use std::time::Duration;
 
+use host_bridge::journal::RecordEntry;
+use host_bridge::journal::{HostCpu, PowerSample, Provenance, VmShare};
 use host_bridge::pipeline::apportion::{Share, VmInput, WindowInput, split_exact, split_window};
 use host_bridge::pipeline::{
     self, Engine, IdleModel, IdlePolicy, Ledger, PipelineConfig, VmShareBasis,
 };
-use host_bridge::recording::RecordEntry;
-use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use proptest::prelude::*;
 use protocol::{
-    CgroupMode, ClockReading, ContainerCounters, CpuCounters, CpuMicros, Hello, Message,
-    MicroJoules, MonoNanos, Ping, ProcStat, Sample, UnixNanos,
+    CgroupMode, ClockReading, ContainerCounters, CpuMicros, Hello, Message, MicroJoules, MonoNanos,
+    Ping, ProcStat, Sample, UnixNanos, testing,
 };
 
 /// `n` cases, and no regression files written next to the sources (tests write only to temp
@@ -85,7 +85,7 @@ proptest! {
                 widen_ppm: widen,
                 vms: &inputs,
             });
-            prop_assert_eq!(out.total(), energy);
+            prop_assert_eq!(out.total(), MicroJoules(energy));
             for vm in &out.vms {
                 for c in &vm.containers {
                     prop_assert!(c.low <= c.energy && c.energy <= c.high, "{c:?}");
@@ -166,22 +166,12 @@ fn entries(p: &Plan) -> Vec<RecordEntry> {
         conn: 1,
         at: MonoNanos(T0),
         message: Message::Hello(Hello {
-            protocol: protocol::PROTOCOL_VERSION,
-            agent_version: "prop".into(),
-            boot_id: "b".into(),
-            instance_id: 1,
-            vm_name: "vm".into(),
-            hostname: "h".into(),
-            kernel_release: "k".into(),
-            cgroup_mode: CgroupMode::V2,
-            cpu_count: 2,
             clock: ClockReading {
                 mono_ns: MonoNanos(p.guest_origin),
                 unix_ns: UnixNanos(0),
             },
             sample_period_ms: u32::try_from(p.sample_ms).expect("small"),
-            has_container_metadata: false,
-            auth_token: None,
+            ..testing::hello("b", 1, "vm")
         }),
     }];
     let mut timed = Vec::new();
@@ -211,26 +201,16 @@ fn entries(p: &Plan) -> Vec<RecordEntry> {
                 conn: 1,
                 at: MonoNanos(h + jitter),
                 message: Message::Sample(Sample {
-                    seq: k,
-                    clock: ClockReading {
-                        mono_ns: MonoNanos(g),
-                        unix_ns: UnixNanos(0),
-                    },
                     vm: stat,
                     containers: raw
                         .iter()
                         .enumerate()
                         .map(|(c, &r)| ContainerCounters {
-                            id: format!("c{c}"),
-                            cpu: CpuCounters {
-                                usage: CpuMicros(r),
-                                ..CpuCounters::default()
-                            },
-                            memory_current: None,
-                            io: None,
                             cpu_limit_millicores: (c % 2 == 0).then_some(500),
+                            ..testing::container(&format!("c{c}"), r)
                         })
                         .collect(),
+                    ..testing::sample(k, g, &[])
                 }),
             },
         ));
@@ -439,22 +419,9 @@ fn hostile_entry() -> impl Strategy<Value = RecordEntry> {
                 conn,
                 at: MonoNanos(at),
                 message: Message::Hello(Hello {
-                    protocol: protocol::PROTOCOL_VERSION,
-                    agent_version: String::new(),
-                    boot_id: format!("b{boot}"),
-                    instance_id: boot,
-                    vm_name: format!("vm{boot}"),
-                    hostname: String::new(),
-                    kernel_release: String::new(),
                     cgroup_mode: CgroupMode::None,
                     cpu_count: cpus,
-                    clock: ClockReading {
-                        mono_ns: MonoNanos(0),
-                        unix_ns: UnixNanos(0),
-                    },
-                    sample_period_ms: 1000,
-                    has_container_metadata: false,
-                    auth_token: None,
+                    ..testing::hello(&format!("b{boot}"), boot, &format!("vm{boot}"))
                 }),
             }
         }),
@@ -470,11 +437,6 @@ fn hostile_entry() -> impl Strategy<Value = RecordEntry> {
                 conn,
                 at: MonoNanos(at),
                 message: Message::Sample(Sample {
-                    seq,
-                    clock: ClockReading {
-                        mono_ns: MonoNanos(g),
-                        unix_ns: UnixNanos(0)
-                    },
                     vm: ProcStat {
                         user: CpuMicros(user),
                         system: CpuMicros(user / 3),
@@ -484,16 +446,11 @@ fn hostile_entry() -> impl Strategy<Value = RecordEntry> {
                     containers: cs
                         .into_iter()
                         .map(|(id, u)| ContainerCounters {
-                            id: format!("c{id}"),
-                            cpu: CpuCounters {
-                                usage: CpuMicros(u),
-                                ..CpuCounters::default()
-                            },
-                            memory_current: None,
-                            io: None,
                             cpu_limit_millicores: Some(u32::from(id) * 100),
+                            ..testing::container(&format!("c{id}"), u)
                         })
                         .collect(),
+                    ..testing::sample(seq, g, &[])
                 }),
             }),
         (0u64..3, big.clone(), big.clone()).prop_map(|(conn, at, g)| RecordEntry::Guest {

@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use nix::sys::signal::Signal;
 use protocol::codec;
-use protocol::{
-    CgroupMode, ClockReading, ErrorCode, Hello, Message, MonoNanos, ProtocolVersion, UnixNanos,
-};
+use protocol::{ClockReading, ErrorCode, Hello, Message, MonoNanos, ProtocolVersion, UnixNanos};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::real_cgroup::{Accounting, TestCgroup, agent_config, signal, wait_recorded};
+use crate::support::{self, scrape};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The bridge's `--frame-timeout-ms` in this test.
@@ -66,20 +65,9 @@ fn hello_frame(protocol: ProtocolVersion, auth_token: Option<String>) -> Vec<u8>
     let hello = Message::Hello(Hello {
         protocol,
         agent_version: "99.0.0".into(),
-        boot_id: "b".into(),
-        instance_id: 1,
-        vm_name: "future".into(),
-        hostname: "h".into(),
-        kernel_release: "k".into(),
-        cgroup_mode: CgroupMode::V2,
         cpu_count: 1,
-        clock: ClockReading {
-            mono_ns: MonoNanos(0),
-            unix_ns: UnixNanos(0),
-        },
-        sample_period_ms: 1000,
-        has_container_metadata: false,
         auth_token,
+        ..protocol::testing::hello("b", 1, "future")
     });
     let mut buf = BytesMut::new();
     codec::encode_frame(&hello, &mut buf).expect("encode");
@@ -119,11 +107,10 @@ async fn bad_peers_are_closed_and_logged_while_agents_keep_streaming() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn host-bridge");
-    let deadline = Instant::now() + DEADLINE;
-    while UnixStream::connect(&socket).await.is_err() {
-        assert!(Instant::now() < deadline, "bridge never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::poll_until(DEADLINE, "the bridge to listen", || async {
+        UnixStream::connect(&socket).await.is_ok()
+    })
+    .await;
 
     let agent = agent_config(&format!("unix://{}", socket.display()), &[&cg.rel], 100);
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
@@ -300,20 +287,6 @@ fn metric(body: &str, name: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect /metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 /// Scrape until `name` reads `want` (a task's end lands just after its socket closes).
 async fn scrape_until(addr: std::net::SocketAddr, name: &str, want: u64) -> String {
     let deadline = Instant::now() + DEADLINE;
@@ -343,8 +316,8 @@ async fn rejections_and_open_connections_are_counted_on_metrics() {
         idle_timeout: Duration::from_secs(60),
         power: None,
     };
-    let attribution = host_bridge::commands::AttributionArgs {
-        policy: host_bridge::commands::PolicyArg::Exclude,
+    let attribution = host_bridge::cli::AttributionArgs {
+        policy: host_bridge::pipeline::IdlePolicy::Exclude,
         window: 5.0,
         idle_watts: None,
         grid_intensity: None,
@@ -352,11 +325,11 @@ async fn rejections_and_open_connections_are_counted_on_metrics() {
     let mut bridge = host_bridge::serve::Bridge::bind(config)
         .await
         .expect("bridge binds");
-    let live = host_bridge::commands::live_attribution::attach(
+    let live = host_bridge::serve::live::attach(
         &mut bridge,
         &record,
         attribution.pipeline_config().expect("pipeline settings"),
-        Some(host_bridge::commands::live_attribution::MetricsBind {
+        Some(host_bridge::serve::live::MetricsBind {
             addr: "127.0.0.1:0".parse().expect("address"),
             required: true,
         }),

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use host_bridge::config::{Config, ListenEndpoint};
-use host_bridge::recording::{RecordEntry, RecordingReader};
+use host_bridge::journal::{RecordEntry, RecordingReader};
 use host_bridge::serve::Bridge;
 use protocol::{ContainerInfo, ContainerState, Message};
 use tokio::sync::oneshot;
@@ -332,8 +332,19 @@ async fn containers_and_compose_services_reach_the_recording_with_their_cpu_time
         .clone();
     assert_eq!(burner_info.image, IMAGE);
 
-    // CPU time within 2 %: freeze the burner, read its cgroup, wait for samples after that.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // CPU time within 2 %: let the recording show a second more of the burner's CPU time,
+    // then freeze it, read its cgroup, and wait for samples after that.
+    let so_far = Seen::read(&record)
+        .usages(&burner_id)
+        .last()
+        .copied()
+        .unwrap_or(0);
+    wait_seen(&record, "a second more CPU time of the burner", |s| {
+        s.usages(&burner_id)
+            .last()
+            .is_some_and(|&u| u >= so_far + 1_000_000)
+    })
+    .await;
     run("docker", &["pause", &renamed]).await;
     let file_us = cgroup_usage_us(&burner_info.cgroup_path);
     let before = Seen::read(&record).usages(&burner_id).len();

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use host_bridge::config::{Config, ListenEndpoint};
-use host_bridge::recording::{RecordEntry, RecordingReader};
+use host_bridge::journal::{RecordEntry, RecordingReader};
 use host_bridge::serve::Bridge;
 use protocol::{ContainerState, Message};
 use tokio::sync::oneshot;

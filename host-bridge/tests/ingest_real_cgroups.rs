@@ -104,8 +104,19 @@ async fn recorded_cpu_matches_cgroup_files(transport: &str) {
     })
     .await;
     let (f1_busy, f1_idle, r1_busy, r1_idle) = frozen_reading(&busy, &idle, burner, &record).await;
-    // Let the burner run for a while, then freeze it again.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the burner run until the recording shows 1.5 s more of its CPU time, then freeze it
+    // again.
+    wait_recorded(
+        &record,
+        DEADLINE,
+        "1.5 s more CPU time of the burner",
+        |r| {
+            r.usage_of(&busy.rel)
+                .last()
+                .is_some_and(|u| u.2 >= r1_busy + 1_500_000)
+        },
+    )
+    .await;
     let (f2_busy, f2_idle, r2_busy, r2_idle) = frozen_reading(&busy, &idle, burner, &record).await;
 
     let _sent = stop_agent.send(());

@@ -1,6 +1,7 @@
 //! The `/metrics` page read back by a real exposition-format parser (Python
 //! `prometheus_client`'s OpenMetrics parser, installed by scripts/setup-test-env.sh), served
-//! over a real TCP socket, and counter continuity across a bridge restart.
+//! over a real TCP socket, and counter continuity across a bridge restart. Every view is built
+//! the way `serve` builds it: recorded entries pushed through [`LiveLedger`].
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -9,15 +10,37 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use host_bridge::report::model::Report;
-use host_bridge::sinks::prometheus::{
-    self, BridgeStats, CONTENT_TYPE, METRICS, MetricsEndpoint, MetricsView, PROCESS_RSS,
-};
+use host_bridge::journal::RecordEntry;
+use host_bridge::pipeline::{BucketKind, LedgerView, LiveLedger, PipelineConfig};
+use host_bridge::sinks::prometheus::metrics::PROCESS_RSS;
+use host_bridge::sinks::prometheus::{self, CONTENT_TYPE, METRICS, MetricsEndpoint};
+use host_bridge::sources::guest::stats::BridgeStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::report_support::mac_report;
+use crate::report_e2e::entries_with_db;
+use crate::support;
+
+/// The recording the views are made of: one VM, two compose containers, RAPL power.
+fn recorded() -> Vec<RecordEntry> {
+    entries_with_db(100)
+}
+
+/// The live ledger after the first `n` recorded entries (what a bridge that recorded them
+/// publishes, whether it ran all along or was restarted on the recording).
+fn ledger_after(entries: &[RecordEntry], n: usize) -> LiveLedger {
+    let mut ledger = LiveLedger::new(PipelineConfig::default()).unwrap();
+    for e in &entries[..n] {
+        ledger.push(e);
+    }
+    ledger
+}
+
+/// The view a bridge publishes after the first `n` recorded entries.
+fn view_after(entries: &[RecordEntry], n: usize) -> LedgerView {
+    support::view_of(&entries[..n], PipelineConfig::default())
+}
 
 /// One parsed sample.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -75,10 +98,10 @@ fn parse(text: &str) -> Vec<Family> {
 }
 
 fn endpoint(
-    view: MetricsView,
+    view: LedgerView,
 ) -> (
     MetricsEndpoint,
-    watch::Sender<Arc<MetricsView>>,
+    watch::Sender<Arc<LedgerView>>,
     Arc<BridgeStats>,
 ) {
     let (tx, rx) = watch::channel(Arc::new(view));
@@ -102,8 +125,9 @@ fn value(families: &[Family], sample: &str, labels: &[(&str, &str)]) -> Option<f
 #[test]
 #[ignore = "needs Python's prometheus-client parser (scripts/setup-test-env.sh)"]
 fn prometheus_exposition_parses_and_carries_the_ledger() {
-    let report = mac_report();
-    let (endpoint, _tx, stats) = endpoint(MetricsView::from_report(&report));
+    let entries = recorded();
+    let ledger = ledger_after(&entries, entries.len());
+    let (endpoint, _tx, stats) = endpoint(ledger.view());
     stats.frames_received.store(42, Ordering::Relaxed);
     stats.frames_rejected.store(3, Ordering::Relaxed);
     stats.connections_accepted.store(2, Ordering::Relaxed);
@@ -132,14 +156,20 @@ fn prometheus_exposition_parses_and_carries_the_ledger() {
         .unwrap();
     assert_eq!(energy.kind, "counter");
     assert_eq!(energy.unit, "joules");
-    for c in &report.containers {
+    let totals = ledger.engine().ledger();
+    assert!(totals.containers().count() >= 2);
+    for (key, c) in totals.containers() {
+        let meta = c
+            .meta
+            .as_ref()
+            .expect("the recording names every container");
         let labels = [
-            ("vm", c.vm.as_str()),
-            ("container_id", c.id.as_str()),
-            ("container_name", c.name.as_str()),
-            ("compose_project", c.compose_project.as_deref().unwrap()),
-            ("compose_service", c.compose_service.as_deref().unwrap()),
-            ("image", c.image.as_str()),
+            ("vm", key.vm.as_str()),
+            ("container_id", key.id.as_str()),
+            ("container_name", meta.name.as_str()),
+            ("compose_project", meta.compose_project.as_deref().unwrap()),
+            ("compose_service", meta.compose_service.as_deref().unwrap()),
+            ("image", meta.image.as_str()),
         ];
         let joules = value(
             &families,
@@ -147,12 +177,11 @@ fn prometheus_exposition_parses_and_carries_the_ledger() {
             &labels,
         )
         .unwrap();
-        #[allow(clippy::cast_precision_loss)]
-        let expected = c.energy.energy_uj as f64 / 1e6;
+        let expected = c.energy.as_joules_f64();
         assert!(
             (joules - expected).abs() < 1e-9,
             "{}: {joules} vs {expected}",
-            c.name
+            meta.name
         );
         let cpu = value(
             &families,
@@ -160,35 +189,27 @@ fn prometheus_exposition_parses_and_carries_the_ledger() {
             &labels,
         )
         .unwrap();
-        #[allow(clippy::cast_precision_loss)]
-        let expected_cpu = c.cpu_us as f64 / 1e6;
-        assert!((cpu - expected_cpu).abs() < 1e-9);
+        assert!((cpu - c.cpu.as_secs_f64()).abs() < 1e-9);
         assert!(value(&families, "joulebridge_container_power_watts", &labels).is_some());
     }
-    for bucket in [
-        "vm-system",
-        "vm-overhead",
-        "host-other",
-        "idle",
-        "unattributed",
-    ] {
+    for bucket in BucketKind::ALL {
+        let recorded: u64 = totals
+            .buckets()
+            .filter(|(b, _)| b.kind() == bucket)
+            .map(|(_, uj)| uj.0)
+            .sum();
+        let exposed = value(
+            &families,
+            "joulebridge_bucket_energy_joules_total",
+            &[("bucket", bucket.as_str())],
+        )
+        .unwrap_or_else(|| panic!("{} missing", bucket.as_str()));
         assert!(
-            value(
-                &families,
-                "joulebridge_bucket_energy_joules_total",
-                &[("bucket", bucket)]
-            )
-            .is_some(),
-            "{bucket}"
+            (exposed - protocol::MicroJoules(recorded).as_joules_f64()).abs() < 1e-9,
+            "{}: {exposed}",
+            bucket.as_str()
         );
     }
-    let idle = value(
-        &families,
-        "joulebridge_bucket_energy_joules_total",
-        &[("bucket", "idle")],
-    )
-    .unwrap();
-    assert!((idle - 3.0).abs() < 1e-9, "10 windows × 0.3 J: {idle}");
     assert_eq!(
         value(&families, "joulebridge_frames_received_total", &[]),
         Some(42.0)
@@ -206,7 +227,7 @@ fn prometheus_exposition_parses_and_carries_the_ledger() {
             &families,
             "joulebridge_power_source_info",
             &[
-                ("kind", "powermetrics"),
+                ("kind", "rapl"),
                 ("provenance", "measured"),
                 ("policy", "exclude")
             ]
@@ -223,26 +244,6 @@ fn prometheus_exposition_parses_and_carries_the_ledger() {
         .unwrap()
             > 0.0
     );
-}
-
-/// Cut a report after `windows` windows, as if the bridge had been stopped then: the ledger
-/// rebuilt from a recording is the sum of the windows it holds.
-fn prefix(report: &Report, windows: usize) -> Report {
-    let mut cut = report.clone();
-    cut.series.truncate(windows);
-    for c in &mut cut.containers {
-        let e: u64 = cut.series.iter().map(|p| p.containers_uj[&c.key]).sum();
-        c.energy = host_bridge::report::model::Bounded::exact(e);
-        c.cpu_us = cut.series.iter().map(|p| p.cpu_us[&c.key]).sum();
-    }
-    for b in &mut cut.totals.buckets {
-        let e: u64 = cut.series.iter().map(|p| p.buckets_uj[&b.bucket]).sum();
-        b.energy = host_bridge::report::model::Bounded::exact(e);
-    }
-    cut.totals.host =
-        host_bridge::report::model::Bounded::exact(cut.series.iter().map(|p| p.host_uj).sum());
-    cut.quality.windows = u64::try_from(windows).unwrap();
-    cut
 }
 
 fn counters(families: &[Family]) -> BTreeMap<(String, Vec<(String, String)>), f64> {
@@ -269,13 +270,20 @@ fn counters(families: &[Family]) -> BTreeMap<(String, Vec<(String, String)>), f6
 #[test]
 #[ignore = "needs Python's prometheus-client parser (scripts/setup-test-env.sh)"]
 fn prometheus_counters_continue_across_a_restart_on_the_same_recording() {
-    let report = mac_report();
-    // Before the restart: 6 windows recorded, published live window by window.
-    let (live, tx, _) = endpoint(MetricsView::from_report(&prefix(&report, 1)));
+    let entries = recorded();
+    // Before the restart: the recording up to its third closed window (of four), its views
+    // published live window by window.
+    let cut = (1..=entries.len())
+        .find(|&n| view_after(&entries, n).windows == 3)
+        .expect("the recording closes three windows");
+    let mut ledger = ledger_after(&entries, 0);
+    let (live, tx, _) = endpoint(ledger.view());
     let mut last = counters(&parse(&live.render()));
-    for w in 2..=6 {
-        tx.send(Arc::new(MetricsView::from_report(&prefix(&report, w))))
-            .unwrap();
+    for entry in &entries[..cut] {
+        if !ledger.push(entry) {
+            continue;
+        }
+        tx.send(Arc::new(ledger.view())).unwrap();
         let now = counters(&parse(&live.render()));
         for (series, v) in &now {
             assert!(
@@ -287,18 +295,22 @@ fn prometheus_counters_continue_across_a_restart_on_the_same_recording() {
     }
     // A new process reopens the recording: its ledger starts from everything recorded, so no
     // counter goes down (no spurious reset), and the remaining windows add on top.
-    let (restarted, _tx2, _) = endpoint(MetricsView::from_report(&prefix(&report, 6)));
+    assert_eq!(ledger.view().windows, 3);
+    let (restarted, _tx2, _) = endpoint(view_after(&entries, cut));
     let after = counters(&parse(&restarted.render()));
     assert_eq!(
         after, last,
         "a restart on the same recording must continue every counter"
     );
-    let (finished, _tx3, _) = endpoint(MetricsView::from_report(&report));
+    let (finished, _tx3, _) = endpoint(view_after(&entries, entries.len()));
     for (series, v) in counters(&parse(&finished.render())) {
         assert!(v >= after[&series], "{series:?}");
     }
     // A new recording starts lower: Prometheus reads a decrease as a counter reset.
-    let (fresh, _tx4, _) = endpoint(MetricsView::from_report(&prefix(&report, 1)));
+    let first_window = (1..entries.len())
+        .find(|&n| view_after(&entries, n).windows == 1)
+        .unwrap();
+    let (fresh, _tx4, _) = endpoint(view_after(&entries, first_window));
     let reset = counters(&parse(&fresh.render()));
     assert!(reset.iter().any(|(s, v)| *v < after[s]));
 }
@@ -314,7 +326,8 @@ async fn http(addr: std::net::SocketAddr, request: &str) -> String {
 #[tokio::test]
 #[ignore = "needs Python's prometheus-client parser (scripts/setup-test-env.sh)"]
 async fn prometheus_server_answers_scrapes_over_tcp() {
-    let (endpoint, tx, stats) = endpoint(MetricsView::from_report(&mac_report()));
+    let entries = recorded();
+    let (endpoint, tx, stats) = endpoint(view_after(&entries, entries.len() / 2));
     let listener = prometheus::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -341,11 +354,9 @@ async fn prometheus_server_answers_scrapes_over_tcp() {
     // A new view published by the pipeline shows up in the next scrape; the scrape itself
     // changes nothing.
     stats.frames_received.store(7, Ordering::Relaxed);
-    tx.send(Arc::new(MetricsView::from_report(&prefix(
-        &mac_report(),
-        2,
-    ))))
-    .unwrap();
+    let view = view_after(&entries, entries.len());
+    let windows = view.windows;
+    tx.send(Arc::new(view)).unwrap();
     let again = http(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
     let families = parse(again.split_once("\r\n\r\n").unwrap().1);
     assert_eq!(
@@ -354,7 +365,7 @@ async fn prometheus_server_answers_scrapes_over_tcp() {
     );
     assert_eq!(
         value(&families, "joulebridge_windows_total", &[]),
-        Some(2.0)
+        Some(windows as f64)
     );
 
     let missing = http(addr, "GET / HTTP/1.1\r\n\r\n").await;
@@ -372,7 +383,8 @@ fn grafana_dashboard_queries_only_metrics_the_bridge_emits() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana/joulebridge-dashboard.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let (endpoint, _tx, _) = endpoint(MetricsView::from_report(&mac_report()));
+    let entries = recorded();
+    let (endpoint, _tx, _) = endpoint(view_after(&entries, entries.len()));
     let emitted: std::collections::BTreeSet<String> = parse(&endpoint.render())
         .into_iter()
         .flat_map(|f| f.samples)

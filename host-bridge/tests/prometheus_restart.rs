@@ -4,20 +4,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use host_bridge::cli::AttributionArgs;
 use host_bridge::cli::{PowerArgs, ServeArgs};
-use host_bridge::commands::AttributionArgs;
-use host_bridge::commands::PolicyArg;
-use host_bridge::commands::live_attribution;
 use host_bridge::config::Config;
+use host_bridge::pipeline::IdlePolicy;
 use host_bridge::serve::Bridge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use host_bridge::serve::live;
 use tokio_util::sync::CancellationToken;
 
 use crate::report_e2e::write_recording;
+use crate::support::scrape;
 
 fn serve_args(record: &Path) -> (Config, AttributionArgs) {
     let attribution = AttributionArgs {
-        policy: PolicyArg::Exclude,
+        policy: IdlePolicy::Exclude,
         window: 5.0,
         idle_watts: None,
         grid_intensity: None,
@@ -41,18 +41,6 @@ fn serve_args(record: &Path) -> (Config, AttributionArgs) {
     (config, attribution)
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 /// `name{labels} value` of every energy counter sample.
 fn energy_counters(body: &str) -> BTreeMap<String, f64> {
     body.lines()
@@ -68,11 +56,11 @@ fn energy_counters(body: &str) -> BTreeMap<String, f64> {
 async fn one_run(record: &Path) -> BTreeMap<String, f64> {
     let (config, attribution) = serve_args(record);
     let mut bridge = Bridge::bind(config).await.unwrap();
-    let live = live_attribution::attach(
+    let live = live::attach(
         &mut bridge,
         record,
         attribution.pipeline_config().unwrap(),
-        Some(live_attribution::MetricsBind {
+        Some(live::MetricsBind {
             addr: "127.0.0.1:0".parse().unwrap(),
             required: true,
         }),
@@ -143,11 +131,11 @@ async fn prometheus_busy_default_address_leaves_the_bridge_running() {
     // The default address taken: the bridge records on without /metrics.
     let (config, _) = serve_args(&record);
     let mut bridge = Bridge::bind(config).await.unwrap();
-    let live = live_attribution::attach(
+    let live = live::attach(
         &mut bridge,
         &record,
         cfg,
-        Some(live_attribution::MetricsBind {
+        Some(live::MetricsBind {
             addr,
             required: false,
         }),
@@ -161,11 +149,11 @@ async fn prometheus_busy_default_address_leaves_the_bridge_running() {
     // An address the user named: failing to bind it is an error.
     let (config, _) = serve_args(&dir.path().join("other.jbr"));
     let mut bridge = Bridge::bind(config).await.unwrap();
-    let err = live_attribution::attach(
+    let err = live::attach(
         &mut bridge,
         &dir.path().join("other.jbr"),
         cfg,
-        Some(live_attribution::MetricsBind {
+        Some(live::MetricsBind {
             addr,
             required: true,
         }),

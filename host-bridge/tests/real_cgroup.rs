@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use host_bridge::recording::{RecordEntry, RecordingReader};
+use host_bridge::journal::{RecordEntry, RecordingReader};
 use protocol::{Message, Sample};
 
 /// Where CPU accounting lives on this machine.

@@ -9,11 +9,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use host_bridge::recording::{RecordEntry, RecordingWriter, SessionStart};
+use host_bridge::journal::{HostCpu, PowerSample, Provenance, VmShare};
+use host_bridge::journal::{RecordEntry, RecordingWriter, SessionStart};
+use host_bridge::pipeline::IdlePolicy;
 use host_bridge::report::gmt;
 use host_bridge::report::json;
-use host_bridge::report::model::{Policy, Report};
-use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
+use host_bridge::report::model::Report;
 use protocol::{
     CgroupMode, ClockReading, ContainerCounters, ContainerInfo, ContainerState, Containers,
     CpuCounters, CpuMicros, Hello, Message, MicroJoules, MonoNanos, Ping, Pong, ProcStat, Sample,
@@ -52,7 +53,7 @@ fn guest(at: u64, message: Message) -> RecordEntry {
 }
 
 /// The recorded entries, with db working `db_percent` % as hard as in the base run.
-fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
+pub fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
     let mut out = vec![
         RecordEntry::Session(SessionStart {
             bridge_version: "0.1.0".into(),
@@ -62,7 +63,7 @@ fn entries_with_db(db_percent: u64) -> Vec<RecordEntry> {
             os: "linux".into(),
         }),
         RecordEntry::PowerSource {
-            kind: "rapl".into(),
+            kind: host_bridge::journal::PowerSourceKind::Rapl,
             reason: "auto: /sys/class/powercap/intel-rapl:0 readable".into(),
             provenance: Provenance::Measured,
         },
@@ -269,7 +270,7 @@ fn report_e2e_recording_to_golden_json() {
     let report = normalized(read_report(&dir.path().join("exclude/report.json")));
     assert_golden("report.json", &json::to_json(&report));
 
-    assert_eq!(report.policy, Policy::Exclude);
+    assert_eq!(report.policy, IdlePolicy::Exclude);
     assert_eq!(report.power_source.kind, "rapl");
     assert_eq!(report.containers.len(), 2);
     assert_eq!(report.containers[0].display_name(), "web");
@@ -322,7 +323,7 @@ fn report_e2e_reattributes_offline_with_another_policy() {
         !dir.path().join("exclude/report.html").exists(),
         "--format json only"
     );
-    assert_eq!(proportional.policy, Policy::Proportional);
+    assert_eq!(proportional.policy, IdlePolicy::Proportional);
     assert_adds_up(&exclude);
     assert_adds_up(&proportional);
     // Same host energy, but idle now goes to the containers.
@@ -332,7 +333,7 @@ fn report_e2e_reattributes_offline_with_another_policy() {
         r.totals
             .buckets
             .iter()
-            .find(|b| b.bucket == host_bridge::report::model::Bucket::Idle)
+            .find(|b| b.bucket == host_bridge::pipeline::BucketKind::Idle)
             .map_or(0, |b| b.energy.energy_uj)
     };
     assert!(idle(&exclude) > idle(&proportional));

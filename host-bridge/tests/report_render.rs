@@ -1,6 +1,7 @@
 //! Renderers on a constructed report: golden JSON and CSV, JSONL and HTML structure.
 
-use host_bridge::report::model::{Bucket, GridIntensity};
+use host_bridge::pipeline::BucketKind;
+use host_bridge::report::model::GridIntensity;
 use host_bridge::report::{Format, csv, html, json, write_outputs};
 
 use crate::report_support::{WORKER_ID, assert_golden, mac_report};
@@ -162,7 +163,7 @@ fn report_series_keeps_an_idle_container_at_zero() {
     let report = mac_report();
     let key = format!("docker-desktop/{WORKER_ID}");
     assert_eq!(report.series[0].containers_uj[&key], 0);
-    assert!(report.series[0].buckets_uj.contains_key(&Bucket::Idle));
+    assert!(report.series[0].buckets_uj.contains_key(&BucketKind::Idle));
 }
 
 #[test]

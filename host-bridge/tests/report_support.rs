@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use host_bridge::journal::Provenance;
+use host_bridge::pipeline::{BucketKind, IdlePolicy};
 use host_bridge::report::model::{
-    Bounded, Bucket, BucketReport, ContainerReport, Policy, PowerSourceInfo, Provenance, Quality,
-    RecordingInfo, Report, SCHEMA_VERSION, SeriesPoint, Totals, share_of,
+    Bounded, BucketReport, ContainerReport, PowerSourceInfo, Quality, RecordingInfo, Report,
+    SCHEMA_VERSION, SeriesPoint, Totals, share_of,
 };
 
 /// One container of a constructed run.
@@ -87,10 +89,10 @@ pub fn build(specs: &[Spec], vm: &str, kind: &str, estimated: bool) -> Report {
         let containers_uj: BTreeMap<String, u64> =
             specs.iter().map(|s| (key(s), s.uj[w])).collect();
         let cpu_us: BTreeMap<String, u64> = specs.iter().map(|s| (key(s), s.cpu[w])).collect();
-        let buckets_uj: BTreeMap<Bucket, u64> = [
-            (Bucket::VmSystem, VM_SYSTEM),
-            (Bucket::HostOther, HOST_OTHER),
-            (Bucket::Idle, IDLE),
+        let buckets_uj: BTreeMap<BucketKind, u64> = [
+            (BucketKind::VmSystem, VM_SYSTEM),
+            (BucketKind::HostOther, HOST_OTHER),
+            (BucketKind::Idle, IDLE),
         ]
         .into_iter()
         .collect();
@@ -134,7 +136,7 @@ pub fn build(specs: &[Spec], vm: &str, kind: &str, estimated: bool) -> Report {
         .collect();
     containers.sort_by_key(|c| std::cmp::Reverse(c.energy.energy_uj));
     let n = u64::try_from(windows).unwrap();
-    let bucket = |b: Bucket, per: u64| BucketReport {
+    let bucket = |b: BucketKind, per: u64| BucketReport {
         bucket: b,
         energy: Bounded::exact(per * n),
         carbon_g: None,
@@ -161,7 +163,7 @@ pub fn build(specs: &[Spec], vm: &str, kind: &str, estimated: bool) -> Report {
             },
             reason: "auto: first available".to_string(),
         },
-        policy: Policy::Exclude,
+        policy: IdlePolicy::Exclude,
         vm_share_basis: "cpu-time".to_string(),
         window_s: 1.0,
         duration_s: f64::from(u32::try_from(windows).unwrap()),
@@ -176,9 +178,9 @@ pub fn build(specs: &[Spec], vm: &str, kind: &str, estimated: bool) -> Report {
             },
             containers: bounded(containers_total),
             buckets: vec![
-                bucket(Bucket::VmSystem, VM_SYSTEM),
-                bucket(Bucket::HostOther, HOST_OTHER),
-                bucket(Bucket::Idle, IDLE),
+                bucket(BucketKind::VmSystem, VM_SYSTEM),
+                bucket(BucketKind::HostOther, HOST_OTHER),
+                bucket(BucketKind::Idle, IDLE),
             ],
             carbon_g: None,
         },

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
@@ -35,11 +35,10 @@ async fn start_bridge(socket: &Path, record: &Path, log: &Path) -> Child {
         .spawn()
         .expect("spawn host-bridge");
     // Ready when the socket accepts.
-    let deadline = Instant::now() + DEADLINE;
-    while tokio::net::UnixStream::connect(socket).await.is_err() {
-        assert!(Instant::now() < deadline, "bridge never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::poll_until(DEADLINE, "the bridge to listen", || async {
+        tokio::net::UnixStream::connect(socket).await.is_ok()
+    })
+    .await;
     child
 }
 

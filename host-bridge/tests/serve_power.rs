@@ -14,22 +14,23 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use host_bridge::cli::AttributionArgs;
 use host_bridge::cli::PowerArgs;
-use host_bridge::commands::{AttributionArgs, PolicyArg, live_attribution, report_of_recording};
+use host_bridge::commands::report_of_recording;
 use host_bridge::config::{Config, ListenEndpoint};
-use host_bridge::pipeline::{Engine, WindowReport};
-use host_bridge::recording::{RecordEntry, RecordingReader};
-use host_bridge::report::model::Policy;
+use host_bridge::journal::{PowerSample, PowerSourceKind, Provenance};
+use host_bridge::journal::{RecordEntry, RecordingReader};
+use host_bridge::pipeline::{IdlePolicy, LedgerView};
 use host_bridge::serve::Bridge;
-use host_bridge::sinks::prometheus::MetricsView;
+use host_bridge::serve::live;
 use host_bridge::sources::power::replay::{Pace, ReplayConfig, ReplaySource};
 use host_bridge::sources::power::{
-    MonoClock, PowerConfig, PowerOutputs, PowerSample, Provenance, RaplAvailability, VmSelector,
-    rapl,
+    MonoClock, PowerConfig, PowerOutputs, RaplAvailability, VmSelector, rapl,
 };
 use tokio::sync::oneshot;
 
 use crate::real_cgroup::{Accounting, TestCgroup, agent_config};
+use crate::support;
 
 /// The real capture with Docker Desktop's VM in its coalitions (29 documents × ~130 ms).
 const M1PRO_CAPTURE: &str = "fixtures/powermetrics/m1pro-macos14-default+process-coalition-energy-io-gpu-netstats-29x130ms.plist";
@@ -55,7 +56,7 @@ fn read(path: &Path) -> Vec<RecordEntry> {
 
 fn attribution_args() -> AttributionArgs {
     AttributionArgs {
-        policy: PolicyArg::Exclude,
+        policy: IdlePolicy::Exclude,
         window: 2.0,
         idle_watts: None,
         grid_intensity: None,
@@ -64,34 +65,8 @@ fn attribution_args() -> AttributionArgs {
 
 /// The view the live engine publishes after the windows closed while feeding `entries` one by
 /// one (what `serve` shows), recomputed offline.
-fn view_of(entries: &[RecordEntry], args: &AttributionArgs) -> MetricsView {
-    let cfg = args.pipeline_config().unwrap();
-    let mut engine = Engine::new(cfg).unwrap();
-    let mut last: Option<WindowReport> = None;
-    let mut kind = String::from("none");
-    let mut provenance = host_bridge::report::model::Provenance::Estimated;
-    for e in entries {
-        if let RecordEntry::PowerSource {
-            kind: k,
-            provenance: p,
-            ..
-        } = e
-        {
-            kind.clone_from(k);
-            provenance = (*p).into();
-        }
-        if let Some(w) = engine.push(e).pop() {
-            last = Some(w);
-        }
-    }
-    MetricsView::from_ledger(
-        engine.ledger(),
-        engine.quality(),
-        last.as_ref(),
-        &kind,
-        provenance,
-        Policy::Exclude,
-    )
+fn view_of(entries: &[RecordEntry], args: &AttributionArgs) -> LedgerView {
+    support::view_of(entries, args.pipeline_config().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,10 +101,9 @@ async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy(
     let args = attribution_args();
     let mut bridge = Bridge::bind(config).await.expect("bridge binds");
     let endpoint = bridge.local_endpoints().remove(0);
-    let live =
-        live_attribution::attach(&mut bridge, &record, args.pipeline_config().unwrap(), None)
-            .await
-            .expect("live attribution attaches");
+    let live = live::attach(&mut bridge, &record, args.pipeline_config().unwrap(), None)
+        .await
+        .expect("live attribution attaches");
     let (stop_bridge, bridge_stopped) = oneshot::channel::<()>();
     let bridge_task = tokio::spawn(bridge.run(async {
         let _stopped = bridge_stopped.await;
@@ -151,7 +125,7 @@ async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy(
         .await
         .expect("bridge task")
         .expect("bridge ends cleanly");
-    let live_view: Arc<MetricsView> = Arc::clone(&live.view.borrow());
+    let live_view: Arc<LedgerView> = Arc::clone(&live.view.borrow());
     live.stop().await.expect("live attribution stops");
     busy.kill_children();
     idle.kill_children();
@@ -163,7 +137,7 @@ async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy(
         .filter_map(|e| match e {
             RecordEntry::PowerSource {
                 kind, provenance, ..
-            } => Some((kind.clone(), *provenance)),
+            } => Some((*kind, *provenance)),
             _ => None,
         })
         .collect();
@@ -174,7 +148,7 @@ async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy(
     );
     assert_eq!(
         sources,
-        vec![("estimate".to_string(), Provenance::Estimated)]
+        vec![(PowerSourceKind::Estimate, Provenance::Estimated)]
     );
     assert!(
         powers.len() >= 20,
@@ -242,8 +216,8 @@ async fn serve_estimate_real_cgroups_attributes_the_burner_and_conserves_energy(
     assert_eq!(live_view.windows, offline.windows);
     assert_eq!(live_view.host_energy_uj, offline.host_energy_uj);
     assert_eq!(live_view.buckets, offline.buckets);
-    assert_eq!(live_view.source_kind, "estimate");
-    let energies = |v: &MetricsView| {
+    assert_eq!(live_view.source_kind, Some(PowerSourceKind::Estimate));
+    let energies = |v: &LedgerView| {
         let mut e: Vec<(String, u64)> = v
             .containers
             .iter()

@@ -1,4 +1,5 @@
-//! The host bridge's integration tests, one binary (see the house style).
+//! The host bridge's integration tests, compiled as one binary (`autotests = false` in
+//! Cargo.toml) so the crate and its dependencies are linked once.
 
 // Test helpers may unwrap: a panic is how a test reports failure.
 #![allow(clippy::unwrap_used)]
@@ -34,5 +35,6 @@ mod restart;
 #[cfg(target_os = "linux")]
 mod serve_power;
 mod sim;
+mod support;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod vm_e2e;

@@ -33,17 +33,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host_bridge::cli::PowerArgs;
-use host_bridge::commands::live_attribution;
 use host_bridge::config::{Config, ListenEndpoint};
-use host_bridge::pipeline::{self, Engine, PipelineConfig, WindowReport};
-use host_bridge::recording::{RecordEntry, RecordingReader};
-use host_bridge::report::model::Policy;
+use host_bridge::journal::{PowerSample, PowerSourceKind, Provenance};
+use host_bridge::journal::{RecordEntry, RecordingReader};
+use host_bridge::pipeline::{self, LedgerView, PipelineConfig};
 use host_bridge::serve::Bridge;
-use host_bridge::sinks::prometheus::MetricsView;
-use host_bridge::sources::power::{PowerConfig, PowerSample, Provenance};
+use host_bridge::serve::live;
+use host_bridge::sources::power::PowerConfig;
 use protocol::Message;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
+
+use crate::support;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -170,34 +171,6 @@ async fn wait_for_pid(path: &Path) -> Result<i64, String> {
 
 /// The view the live attribution publishes after feeding `entries` one by one (what `serve`
 /// shows), recomputed from the recording.
-fn view_of(entries: &[RecordEntry], cfg: PipelineConfig) -> MetricsView {
-    let mut engine = Engine::new(cfg).expect("valid attribution settings");
-    let mut last: Option<WindowReport> = None;
-    let (mut kind, mut provenance) = ("none".to_string(), Provenance::Estimated);
-    for entry in entries {
-        if let RecordEntry::PowerSource {
-            kind: k,
-            provenance: p,
-            ..
-        } = entry
-        {
-            kind.clone_from(k);
-            provenance = *p;
-        }
-        if let Some(w) = engine.push(entry).pop() {
-            last = Some(w);
-        }
-    }
-    MetricsView::from_ledger(
-        engine.ledger(),
-        engine.quality(),
-        last.as_ref(),
-        &kind,
-        provenance.into(),
-        Policy::from(cfg.policy),
-    )
-}
-
 /// Processes whose name (`/proc/<pid>/comm`) is `name`.
 fn processes_named(name: &str) -> Vec<i64> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -300,7 +273,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         ..PipelineConfig::default()
     };
     let mut bridge = Bridge::bind(config).await.expect("the bridge binds");
-    let live = live_attribution::attach(&mut bridge, &recording, cfg, None)
+    let live = live::attach(&mut bridge, &recording, cfg, None)
         .await
         .expect("live attribution attaches");
     let (entries_tx, mut entries_rx) = mpsc::channel::<Arc<RecordEntry>>(1024);
@@ -394,7 +367,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
     counter.await.expect("sample counter");
     let live_view_rx = live.view.clone();
     live.stop().await.expect("live attribution stops");
-    let live_view: Arc<MetricsView> = Arc::clone(&live_view_rx.borrow());
+    let live_view: Arc<LedgerView> = Arc::clone(&live_view_rx.borrow());
 
     // 8. What the guest says it did (ground truth from its cgroups, read after the agent).
     let burn_truth = console_usage_usec(&console, "burn")
@@ -546,7 +519,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
     );
     // The live attribution (what `serve` showed and served on /metrics) agrees with the
     // recording: the same view recomputed from it, and the energy of the same windows.
-    let offline = view_of(&entries, cfg);
+    let offline = support::view_of(&entries, cfg);
     let live_windows = usize::try_from(live_view.windows).expect("a window count fits usize");
     let live_burn_uj = live_view
         .containers
@@ -558,7 +531,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
          recomputed {} windows, host {} µJ; {power_readings} power readings recorded",
         live_view.windows,
         live_view.host_energy_uj,
-        live_view.source_kind,
+        live_view.source_kind.map_or("none", |k| k.as_str()),
         live_view.provenance.as_str(),
         offline.windows,
         offline.host_energy_uj,
@@ -568,7 +541,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         "the live attribution closed windows and gave burn energy: {live_view:#?}"
     );
     assert_eq!(*live_view, offline, "live view vs the recording's");
-    assert_eq!(live_view.source_kind, "estimate");
+    assert_eq!(live_view.source_kind, Some(PowerSourceKind::Estimate));
     assert!(live_windows <= attribution.windows.len());
     assert_eq!(
         live_view.host_energy_uj,
@@ -590,8 +563,7 @@ async fn vm_guest_burn_cgroup_gets_its_share_and_energy_conserves() {
         attribution
             .config
             .source_kind
-            .as_deref()
-            .unwrap_or("no source"),
+            .map_or("no source", |k| k.as_str()),
         totals.guest_uj,
         totals.overhead_uj,
         totals.burn_uj,

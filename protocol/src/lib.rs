@@ -5,6 +5,7 @@
 //! - [`codec`]: length-prefixed frames with a bincode payload; the only module that calls
 //!   bincode.
 //! - [`endpoint`]: the `vsock://` / `tcp://` / `unix://` address grammar of both binaries.
+//! - `testing` (feature `testing`, for dev-dependencies): message builders for tests.
 //!
 //! This crate has no runtime and does no I/O; it builds on Linux and macOS.
 #![deny(missing_docs)]
@@ -12,6 +13,8 @@
 pub mod codec;
 pub mod endpoint;
 pub mod message;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod units;
 
 pub use codec::{CodecError, MAX_FRAME_LEN, MessageCodec};

@@ -216,6 +216,14 @@ impl ProcStat {
     pub fn busy(&self) -> CpuMicros {
         self.user + self.nice + self.system + self.irq + self.softirq
     }
+
+    /// Every field that accounts time: busy + idle + iowait + steal (guest and guest_nice are
+    /// already inside user and nice). Over an interval it is the interval × CPUs when the CPUs
+    /// ran the whole time.
+    #[must_use]
+    pub fn accounted(&self) -> CpuMicros {
+        self.busy() + self.idle + self.iowait + self.steal
+    }
 }
 
 /// Cumulative counters of one container cgroup.

@@ -3,8 +3,25 @@
 //! Every number that crosses the wire or lands in a ledger carries its unit in its type, so
 //! microseconds of CPU can never be added to microjoules of energy by accident. Where a value
 //! mirrors a kernel file the kernel's unit is kept (`usage_usec` → [`CpuMicros`]).
+//!
+//! Arithmetic on these types is defined here once, and it never wraps or panics: `+`, `+=` and
+//! `Sum` saturate at `u64::MAX` (counters from a peer or a recording are untrusted input, and a
+//! saturated figure is visibly wrong where a wrapped one would look plausible); `checked_*`
+//! says when a subtraction would go below zero; [`MicroJoules::prorate`] scales by a ratio in
+//! 128-bit arithmetic.
 
 use serde::{Deserialize, Serialize};
+
+/// `v × num / den` in 128-bit arithmetic, rounded down, saturating at `u64::MAX`; zero when
+/// `den` is zero. What every unit's `prorate` does, for the plain counts that have no unit type
+/// (a CPU-time share's numerator and denominator, say).
+#[must_use]
+pub fn scale(v: u64, num: u64, den: u64) -> u64 {
+    if den == 0 {
+        return 0;
+    }
+    u64::try_from(u128::from(v) * u128::from(num) / u128::from(den)).unwrap_or(u64::MAX)
+}
 
 macro_rules! unit {
     ($(#[$doc:meta])* $name:ident, $suffix:literal) => {
@@ -31,29 +48,44 @@ macro_rules! unit {
                 self.checked_delta(earlier).unwrap_or(self)
             }
 
-            /// Saturating addition.
+            /// Saturating addition (what `+` does).
             #[must_use]
             pub fn saturating_add(self, other: Self) -> Self {
                 Self(self.0.saturating_add(other.0))
+            }
+
+            /// `self - other`, saturating at zero.
+            #[must_use]
+            pub fn saturating_sub(self, other: Self) -> Self {
+                Self(self.0.saturating_sub(other.0))
+            }
+
+            /// `self × num / den` in 128-bit arithmetic, rounded down, saturating at
+            /// `u64::MAX`; zero when `den` is zero. The one place quantities are scaled by a
+            /// ratio (a share, a covered fraction of a window).
+            #[must_use]
+            pub fn prorate(self, num: u64, den: u64) -> Self {
+                Self(scale(self.0, num, den))
             }
         }
 
         impl std::ops::Add for $name {
             type Output = Self;
+            /// Saturating: see the module documentation.
             fn add(self, rhs: Self) -> Self {
-                Self(self.0 + rhs.0)
+                self.saturating_add(rhs)
             }
         }
 
         impl std::ops::AddAssign for $name {
             fn add_assign(&mut self, rhs: Self) {
-                self.0 += rhs.0;
+                *self = self.saturating_add(rhs);
             }
         }
 
         impl std::iter::Sum for $name {
             fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
-                Self(iter.map(|v| v.0).sum())
+                iter.fold(Self::ZERO, Self::saturating_add)
             }
         }
 
@@ -110,6 +142,18 @@ impl MicroJoules {
         }
     }
 
+    /// Average power in watts of this energy spread over `seconds` (0 for an empty span);
+    /// display only.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn average_watts(self, seconds: f64) -> f64 {
+        if seconds > 0.0 {
+            self.0 as f64 / 1e6 / seconds
+        } else {
+            0.0
+        }
+    }
+
     /// This energy in joules, for display only (never for arithmetic on the ledger).
     #[must_use]
     #[allow(clippy::cast_precision_loss)]
@@ -156,6 +200,29 @@ mod tests {
             MicroJoules(5).wrapping_delta(MicroJoules(100), MicroJoules(50)),
             None
         );
+    }
+
+    #[test]
+    fn addition_saturates_instead_of_wrapping() {
+        let max = CpuMicros(u64::MAX);
+        assert_eq!(max + CpuMicros(1), max);
+        let mut acc = MicroJoules(u64::MAX - 1);
+        acc += MicroJoules(5);
+        assert_eq!(acc, MicroJoules(u64::MAX));
+        assert_eq!([max, max].into_iter().sum::<CpuMicros>(), max);
+        assert_eq!(CpuMicros(3).saturating_sub(CpuMicros(5)), CpuMicros::ZERO);
+    }
+
+    #[test]
+    fn prorate_rounds_down_and_survives_large_products() {
+        assert_eq!(MicroJoules(10).prorate(1, 3), MicroJoules(3));
+        assert_eq!(
+            MicroJoules(u64::MAX).prorate(u64::MAX, u64::MAX),
+            MicroJoules(u64::MAX)
+        );
+        assert_eq!(MicroJoules(7).prorate(1, 0), MicroJoules::ZERO);
+        assert!((MicroJoules(2_000_000).average_watts(2.0) - 1.0).abs() < 1e-12);
+        assert!(MicroJoules(5).average_watts(0.0).abs() < f64::EPSILON);
     }
 
     #[test]

@@ -2,38 +2,15 @@
 //! workload. A and B are report JSON files or recordings (attributed with the given settings).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
-use clap::Args;
 
-use super::{AttributionArgs, is_recording, report_of_recording};
+use super::{is_recording, report_of_recording};
+use crate::cli::{AttributionArgs, CompareArgs};
 use crate::report::Report;
 use crate::report::compare::compare;
 use crate::report::json;
-
-/// Flags of `compare`.
-#[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
-    /// Run A: report JSON or recording (usually the Mac/VM run).
-    pub a: PathBuf,
-
-    /// Run B: report JSON or recording (usually the Linux-native run).
-    pub b: PathBuf,
-
-    /// Fail (exit code 3) when any container's energy share differs by more than this
-    /// fraction (0.05 = 5 percentage points). For CI.
-    #[arg(long, value_name = "FRACTION")]
-    pub max_share_diff: Option<f64>,
-
-    /// Also write the comparison as JSON to this file.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
-
-    /// Attribution settings for inputs that are recordings.
-    #[command(flatten)]
-    pub attribution: AttributionArgs,
-}
 
 fn load(path: &Path, args: &AttributionArgs) -> anyhow::Result<Report> {
     if is_recording(path)? {

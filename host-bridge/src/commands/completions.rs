@@ -2,18 +2,9 @@
 
 use std::io::Write;
 
-use clap::{Args, CommandFactory as _};
-use clap_complete::Shell;
+use clap::CommandFactory as _;
 
-use crate::cli::Cli;
-
-/// Flags of `completions`.
-#[derive(Debug, Clone, Args)]
-pub struct CompletionsArgs {
-    /// The shell, e.g. `bash` (`host-bridge completions bash > /etc/bash_completion.d/host-bridge`).
-    #[arg(value_enum)]
-    pub shell: Shell,
-}
+use crate::cli::{Cli, CompletionsArgs};
 
 /// Write the completion script to `out`. A closed pipe (`| head`) is not an error.
 ///

@@ -1,33 +1,11 @@
 //! `export-gmt RECORDING --out DIR`: Green Metrics Tool provider files of per-container energy.
 
-use std::io::Write;
-use std::path::PathBuf;
-
 use anyhow::Context as _;
-use clap::Args;
+use std::io::Write;
 
-use super::{AttributionArgs, report_of_recording};
+use super::report_of_recording;
+use crate::cli::ExportGmtArgs;
 use crate::report::gmt;
-
-/// Flags of `export-gmt`.
-#[derive(Debug, Clone, Args)]
-pub struct ExportGmtArgs {
-    /// The recording (`.jbr`).
-    pub recording: PathBuf,
-
-    /// Directory for the `<metric>.log` files (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-
-    /// Attribution windows per GMT sample line. Raise it when containers are idle for
-    /// stretches, so that GMT's ±20 % sampling-rate check holds.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub windows_per_line: usize,
-
-    /// Attribution settings.
-    #[command(flatten)]
-    pub attribution: AttributionArgs,
-}
 
 /// Run `export-gmt`.
 ///

@@ -12,64 +12,28 @@
 //! The exit code is the command's (128 + signal number when a signal ended it, as shells do).
 
 use std::io::{IsTerminal as _, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Args;
 use protocol::ContainerInfo;
 use tokio_util::sync::CancellationToken;
 
-use super::live_attribution;
+use super::read_recording;
 use super::report::print_summary;
-use super::{AttributionArgs, read_recording};
-use crate::cli::{PowerArgs, ServeArgs};
+use crate::cli::MeasureArgs;
 use crate::config::Config;
+use crate::journal::RecordEntry;
 use crate::pipeline::{self, Attribution, IdleModel, Ledger};
-use crate::recording::RecordEntry;
 use crate::report::from_attribution::{self, RecordingSource};
 use crate::report::{Format, write_outputs};
-use crate::serve::Bridge;
+use crate::serve::{Bridge, live};
 
 /// Time a command gets to exit after SIGINT before it is killed.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Progress refresh period.
 const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
-
-/// Flags of `measure`.
-#[derive(Debug, Clone, Args)]
-pub struct MeasureArgs {
-    /// Seconds of baseline (idle) recording before the command starts; its mean power is
-    /// used as the measured idle power. 0 = no baseline (idle is then estimated).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
-    pub baseline: f64,
-
-    /// Directory for the recording and the report (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "joulebridge-measure")]
-    pub out: PathBuf,
-
-    /// Where to accept agents (as `serve --listen`). Repeatable.
-    #[arg(
-        long = "listen",
-        value_name = "ENDPOINT",
-        default_value = "tcp://127.0.0.1:7777"
-    )]
-    pub listen: Vec<String>,
-
-    /// Attribution settings (`--idle-watts` overrides the baseline).
-    #[command(flatten)]
-    pub attribution: AttributionArgs,
-
-    /// Host power source settings (as `serve`).
-    #[command(flatten)]
-    pub power: PowerArgs,
-
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
 
 /// Mean power over `[from, to]` of the recorded power readings ending in it, mW.
 fn baseline_mw(entries: &[RecordEntry], from: u64, to: u64) -> Option<u64> {
@@ -177,26 +141,14 @@ pub async fn run(
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let record = args.out.join("recording.jbr");
-    let serve = ServeArgs {
-        listen: args.listen.clone(),
-        record: Some(record.clone()),
-        max_connections: 64,
-        auth_token: None,
-        no_live: true,
-        frame_timeout_ms: 30_000,
-        idle_timeout_s: 120,
-        metrics_addr: None,
-        no_metrics: true,
-        attribution: args.attribution.clone(),
-        power: args.power.clone(),
-    };
-    let config = Config::try_from(serve).context("invalid flags")?;
+    let config = Config::with_defaults(&args.listen, record.clone(), &args.power)
+        .context("invalid flags")?;
     let mut bridge = Bridge::bind(config).await?;
     for endpoint in bridge.local_endpoints() {
         writeln!(out, "listening for agents on {endpoint}")?;
     }
     let cfg = args.attribution.pipeline_config()?;
-    let live = live_attribution::attach(&mut bridge, &record, cfg, None).await?;
+    let live = live::attach(&mut bridge, &record, cfg, None).await?;
     let stop_bridge = CancellationToken::new();
     let bridge_stop = stop_bridge.clone();
     let bridge_task = tokio::spawn(async move { bridge.run(bridge_stop.cancelled_owned()).await });

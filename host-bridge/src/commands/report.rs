@@ -1,48 +1,12 @@
 //! `report RECORDING`: attribute a recording (with any idle policy, offline) and write the
 //! report in the chosen formats.
 
-use std::io::Write;
-use std::path::PathBuf;
-
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use std::io::Write;
 
-use super::{AttributionArgs, report_of_recording};
+use super::report_of_recording;
+use crate::cli::{FormatArg, ReportArgs};
 use crate::report::{Format, Report, write_outputs};
-
-/// Output format as typed on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
-    /// `report.json`: every figure with bounds, policy, source, quality.
-    Json,
-    /// `summary.csv` and `series.csv`.
-    Csv,
-    /// `series.jsonl`: one window per line.
-    Jsonl,
-    /// `report.html`: a self-contained page with a stacked power chart.
-    Html,
-    /// All of the above.
-    All,
-}
-
-/// Flags of `report`.
-#[derive(Debug, Clone, Args)]
-pub struct ReportArgs {
-    /// The recording (`.jbr`) written by `serve` or `measure`.
-    pub recording: PathBuf,
-
-    /// Formats to write (comma-separated or repeated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
-    pub format: Vec<FormatArg>,
-
-    /// Directory for the report files (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "joulebridge-report")]
-    pub out: PathBuf,
-
-    /// Attribution settings.
-    #[command(flatten)]
-    pub attribution: AttributionArgs,
-}
 
 /// The formats named by `args`, in a fixed order, without duplicates.
 #[must_use]

@@ -102,11 +102,11 @@ pub struct WindowInput<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContainerPart {
     /// Energy under the configured idle policy.
-    pub energy: u64,
+    pub energy: MicroJoules,
     /// Lower bound: dynamic-only share, widened.
-    pub low: u64,
+    pub low: MicroJoules,
     /// Upper bound: dynamic + usage-proportional idle, widened.
-    pub high: u64,
+    pub high: MicroJoules,
 }
 
 /// One VM's parts of one window.
@@ -115,9 +115,9 @@ pub struct VmParts {
     /// Per container slot (same order as [`VmInput::usage_us`]).
     pub containers: Vec<ContainerPart>,
     /// Guest work outside containers (kernel, dockerd, containerd).
-    pub system: u64,
+    pub system: MicroJoules,
     /// VM process CPU the guest never saw as busy (virtio, exits).
-    pub overhead: u64,
+    pub overhead: MicroJoules,
 }
 
 /// The result of splitting one window. The parts sum to `WindowInput::energy` exactly.
@@ -126,11 +126,11 @@ pub struct WindowSplit {
     /// Per VM (same order as [`WindowInput::vms`]).
     pub vms: Vec<VmParts>,
     /// Host energy outside the VMs.
-    pub host_other: u64,
+    pub host_other: MicroJoules,
     /// Idle energy kept as its own bucket.
-    pub idle: u64,
+    pub idle: MicroJoules,
     /// Energy that could not be split (degraded window, unknown share, no guest data).
-    pub unattributed: u64,
+    pub unattributed: MicroJoules,
     /// Σ u_c exceeded U in some VM, or U exceeded the VM's host CPU time: shares were clamped.
     pub clamped: bool,
 }
@@ -138,11 +138,11 @@ pub struct WindowSplit {
 impl WindowSplit {
     /// Sum of every part (equals the window energy by construction).
     #[must_use]
-    pub fn total(&self) -> u64 {
-        let vms: u64 = self
+    pub fn total(&self) -> MicroJoules {
+        let vms: MicroJoules = self
             .vms
             .iter()
-            .map(|v| v.system + v.overhead + v.containers.iter().map(|c| c.energy).sum::<u64>())
+            .map(|v| v.system + v.overhead + v.containers.iter().map(|c| c.energy).sum())
             .sum();
         vms + self.host_other + self.idle + self.unattributed
     }
@@ -284,8 +284,8 @@ pub fn split_window(input: &WindowInput<'_>) -> WindowSplit {
             .iter()
             .map(|v| VmParts {
                 containers: vec![ContainerPart::default(); v.usage_us.len()],
-                system: 0,
-                overhead: 0,
+                system: MicroJoules::ZERO,
+                overhead: MicroJoules::ZERO,
             })
             .collect(),
         ..WindowSplit::default()
@@ -295,8 +295,8 @@ pub fn split_window(input: &WindowInput<'_>) -> WindowSplit {
     let share = input.vm_share.filter(|s| s.den > 0);
     let Some(share) = share else {
         // Unknown host→VM share: dynamic energy cannot be placed; idle stays idle.
-        out.unattributed = dynamic;
-        out.idle = idle;
+        out.unattributed = MicroJoules(dynamic);
+        out.idle = MicroJoules(idle);
         return out;
     };
     if share.num > share.den {
@@ -304,22 +304,22 @@ pub fn split_window(input: &WindowInput<'_>) -> WindowSplit {
     }
     let (vm_dyn, host_dyn) = split_ratio(dynamic, share.num, share.den).expect("den > 0");
     let (vm_idle_prop, host_idle_prop) = split_ratio(idle, share.num, share.den).expect("den > 0");
-    out.host_other += host_dyn;
+    out.host_other += MicroJoules(host_dyn);
 
     let dyn_parts = spread(vm_dyn, input, Spread::Usage);
     let prop_parts = spread(vm_idle_prop, input, Spread::Usage);
     out.clamped |= dyn_parts.clamped || prop_parts.clamped;
-    out.unattributed += dyn_parts.unattributed;
+    out.unattributed += MicroJoules(dyn_parts.unattributed);
 
     // Headline idle by policy.
     let idle_parts = match input.policy {
         IdlePolicy::Exclude => {
-            out.idle += idle;
+            out.idle += MicroJoules(idle);
             None
         }
         IdlePolicy::Proportional => {
-            out.host_other += host_idle_prop;
-            out.unattributed += prop_parts.unattributed;
+            out.host_other += MicroJoules(host_idle_prop);
+            out.unattributed += MicroJoules(prop_parts.unattributed);
             Some(&prop_parts)
         }
         IdlePolicy::Reserved => None,
@@ -328,13 +328,13 @@ pub fn split_window(input: &WindowInput<'_>) -> WindowSplit {
         match input.reserved_share.or(Some(share)).filter(|s| s.den > 0) {
             Some(r) => {
                 let (vm_idle, host_idle) = split_ratio(idle, r.num, r.den).expect("den > 0");
-                out.host_other += host_idle;
+                out.host_other += MicroJoules(host_idle);
                 let parts = spread(vm_idle, input, Spread::Reservation);
-                out.unattributed += parts.unattributed;
+                out.unattributed += MicroJoules(parts.unattributed);
                 Some(parts)
             }
             None => {
-                out.idle += idle;
+                out.idle += MicroJoules(idle);
                 None
             }
         }
@@ -344,20 +344,20 @@ pub fn split_window(input: &WindowInput<'_>) -> WindowSplit {
     let headline_idle = idle_parts.or(reserved_parts.as_ref());
 
     for (i, vm) in out.vms.iter_mut().enumerate() {
-        vm.system = dyn_parts.system[i];
-        vm.overhead = dyn_parts.overhead[i];
+        vm.system = MicroJoules(dyn_parts.system[i]);
+        vm.overhead = MicroJoules(dyn_parts.overhead[i]);
         if let Some(p) = headline_idle {
-            vm.system += p.system[i];
-            vm.overhead += p.overhead[i];
+            vm.system += MicroJoules(p.system[i]);
+            vm.overhead += MicroJoules(p.overhead[i]);
         }
         for (c, part) in vm.containers.iter_mut().enumerate() {
             let dyn_c = dyn_parts.containers[i][c];
             let prop_c = dyn_c + prop_parts.containers[i][c];
             let value = dyn_c + headline_idle.map_or(0, |p| p.containers[i][c]);
             *part = ContainerPart {
-                energy: value,
-                low: widen_down(dyn_c.min(value), input.widen_ppm),
-                high: widen_up(prop_c.max(value), input.widen_ppm),
+                energy: MicroJoules(value),
+                low: MicroJoules(widen_down(dyn_c.min(value), input.widen_ppm)),
+                high: MicroJoules(widen_up(prop_c.max(value), input.widen_ppm)),
             };
         }
     }
@@ -406,17 +406,17 @@ mod tests {
             vms: &vms,
         };
         let out = split_window(&input);
-        assert_eq!(out.total(), 10_000);
-        assert_eq!(out.idle, 2_000);
-        assert_eq!(out.host_other, 4_000);
+        assert_eq!(out.total(), MicroJoules(10_000));
+        assert_eq!(out.idle, MicroJoules(2_000));
+        assert_eq!(out.host_other, MicroJoules(4_000));
         // VM 4000; overhead = (1 ms − 0.5 ms) / 1 ms = half.
-        assert_eq!(out.vms[0].overhead, 2_000);
-        assert_eq!(out.vms[0].containers[0].energy, 1_200);
-        assert_eq!(out.vms[0].containers[1].energy, 400);
-        assert_eq!(out.vms[0].system, 400);
+        assert_eq!(out.vms[0].overhead, MicroJoules(2_000));
+        assert_eq!(out.vms[0].containers[0].energy, MicroJoules(1_200));
+        assert_eq!(out.vms[0].containers[1].energy, MicroJoules(400));
+        assert_eq!(out.vms[0].system, MicroJoules(400));
         // high adds the proportional idle share: VM gets 1000 of idle, container 0: 300/1000.
-        assert_eq!(out.vms[0].containers[0].high, 1_500);
-        assert_eq!(out.vms[0].containers[0].low, 1_200);
+        assert_eq!(out.vms[0].containers[0].high, MicroJoules(1_500));
+        assert_eq!(out.vms[0].containers[0].low, MicroJoules(1_200));
     }
 
     #[test]
@@ -437,8 +437,8 @@ mod tests {
             vms: &vms,
         };
         let out = split_window(&input);
-        assert_eq!(out.unattributed, 999);
-        assert_eq!(out.total(), 999);
+        assert_eq!(out.unattributed, MicroJoules(999));
+        assert_eq!(out.total(), MicroJoules(999));
     }
 
     #[test]
@@ -457,10 +457,10 @@ mod tests {
             vms: &vms,
         };
         let out = split_window(&input);
-        assert_eq!(out.vms[0].containers[0].energy, 1_000);
-        assert_eq!(out.vms[0].containers[1].energy, 3_000);
+        assert_eq!(out.vms[0].containers[0].energy, MicroJoules(1_000));
+        assert_eq!(out.vms[0].containers[1].energy, MicroJoules(3_000));
         // The headline lies inside the bounds even when it exceeds the proportional share.
-        assert!(out.vms[0].containers[1].high >= 3_000);
-        assert_eq!(out.total(), 4_000);
+        assert!(out.vms[0].containers[1].high >= MicroJoules(3_000));
+        assert_eq!(out.total(), MicroJoules(4_000));
     }
 }

@@ -37,13 +37,58 @@ pub enum Bucket {
 }
 
 impl Bucket {
+    /// Which kind of bucket this is (the per-VM ones without their VM).
+    #[must_use]
+    pub fn kind(&self) -> BucketKind {
+        match self {
+            Self::VmSystem(_) => BucketKind::VmSystem,
+            Self::VmOverhead(_) => BucketKind::VmOverhead,
+            Self::HostOther => BucketKind::HostOther,
+            Self::Idle => BucketKind::Idle,
+            Self::Unattributed => BucketKind::Unattributed,
+        }
+    }
+
     /// The bucket's name as shown to users (`vm-system`, `vm-overhead`, `host-other`, `idle`,
     /// `unattributed`).
     #[must_use]
     pub fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// The kinds of [`Bucket`]: what reports, `/metrics` and the live view group energy by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BucketKind {
+    /// VM CPU time outside any container (guest kernel, dockerd, containerd).
+    VmSystem,
+    /// The VM's hypervisor overhead on the host.
+    VmOverhead,
+    /// Host processes other than the VM.
+    HostOther,
+    /// Idle power kept apart (policy `exclude`, or nothing to spread it over).
+    Idle,
+    /// Energy that could not be attributed (missing samples, gaps).
+    Unattributed,
+}
+
+impl BucketKind {
+    /// Every kind, in display order.
+    pub const ALL: [Self; 5] = [
+        Self::VmSystem,
+        Self::VmOverhead,
+        Self::HostOther,
+        Self::Idle,
+        Self::Unattributed,
+    ];
+
+    /// The label value (`vm-system`, …).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::VmSystem(_) => "vm-system",
-            Self::VmOverhead(_) => "vm-overhead",
+            Self::VmSystem => "vm-system",
+            Self::VmOverhead => "vm-overhead",
             Self::HostOther => "host-other",
             Self::Idle => "idle",
             Self::Unattributed => "unattributed",

@@ -18,17 +18,18 @@ pub mod align;
 pub mod apportion;
 pub mod engine;
 pub mod ledger;
+pub mod view;
 
 use std::time::Duration;
 
 use protocol::{CpuMicros, MicroJoules, MonoNanos};
 use serde::{Deserialize, Serialize};
 
-use crate::recording::RecordEntry;
-use crate::sources::power::Provenance;
+use crate::journal::{PowerSourceKind, Provenance, RecordEntry};
 
 pub use engine::Engine;
-pub use ledger::{Bucket, ContainerKey, ContainerTotals, Ledger};
+pub use ledger::{Bucket, BucketKind, ContainerKey, ContainerTotals, Ledger};
+pub use view::{ContainerLabels, ContainerView, LedgerView, LiveLedger};
 
 /// Default report window (≥ 10 × the 1 s powermetrics period, DESIGN.md §7.1).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
@@ -47,8 +48,10 @@ pub const DEFAULT_ESTIMATED_WIDEN_PPM: u64 = 250_000;
 /// of the 20–60 % "active idle" range of SPECpower servers; DESIGN.md §7.3).
 pub const DEFAULT_IDLE_PERMILLE: u16 = 200;
 
-/// Where idle energy goes.
+/// Where idle energy goes (DESIGN.md §7.4). The same enum is the `--policy` flag and the
+/// report's `policy` field (lowercase in both).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IdlePolicy {
     /// Idle is its own bucket; containers get dynamic energy only (the headline view).
     #[default]
@@ -58,6 +61,27 @@ pub enum IdlePolicy {
     /// Idle is spread by reservation: CPU limits read from cgroups, else equally among the
     /// containers running in the window.
     Reserved,
+}
+
+impl IdlePolicy {
+    /// Every policy, in the order the CLI lists them.
+    pub const ALL: [Self; 3] = [Self::Exclude, Self::Proportional, Self::Reserved];
+
+    /// The CLI and JSON spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exclude => "exclude",
+            Self::Proportional => "proportional",
+            Self::Reserved => "reserved",
+        }
+    }
+}
+
+impl std::fmt::Display for IdlePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How the idle part of host energy is estimated.
@@ -296,7 +320,7 @@ pub struct ConfigEcho {
     /// Window length, ns.
     pub window_ns: u64,
     /// Power source kind from the recording, when named.
-    pub source_kind: Option<String>,
+    pub source_kind: Option<PowerSourceKind>,
     /// Power source provenance from the recording, when named.
     pub source_provenance: Option<Provenance>,
 }

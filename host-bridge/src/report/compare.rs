@@ -20,7 +20,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{ContainerReport, Policy, Provenance, Report, share_of};
+use super::model::{ContainerReport, Report, share_of};
+use crate::journal::Provenance;
+use crate::pipeline::IdlePolicy;
 
 /// How a row's two containers were paired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +117,7 @@ pub struct SideInfo {
     /// Measured or estimated.
     pub provenance: Provenance,
     /// Idle policy.
-    pub policy: Policy,
+    pub policy: IdlePolicy,
     /// Energy attributed to all containers, µJ.
     pub containers_uj: u64,
     /// Run duration, s.

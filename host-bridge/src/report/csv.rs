@@ -18,6 +18,8 @@
 //!
 //! JSONL (`series.jsonl`): each [`super::model::SeriesPoint`] as one JSON object per line.
 
+use protocol::MicroJoules;
+
 use super::model::{Bounded, CarbonGrams, Report, SeriesPoint};
 
 /// Header of the summary CSV.
@@ -155,17 +157,6 @@ pub fn summary_csv(report: &Report) -> String {
     out
 }
 
-/// Average power in W of `uj` over `seconds` (0 for an empty window).
-#[must_use]
-#[allow(clippy::cast_precision_loss)] // display figure
-pub fn watts(uj: u64, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        uj as f64 / 1e6 / seconds
-    } else {
-        0.0
-    }
-}
-
 fn push_series_row(
     out: &mut String,
     point: &SeriesPoint,
@@ -185,7 +176,7 @@ fn push_series_row(
         field(key),
         field(name),
         uj,
-        watts(uj, point.duration_s()),
+        MicroJoules(uj).average_watts(point.duration_s()),
         cpu
     ));
     out.push('\n');
@@ -246,11 +237,5 @@ mod tests {
         assert_eq!(field("plain"), "plain");
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
-    }
-
-    #[test]
-    fn watts_of_one_joule_per_second_is_one() {
-        assert!((watts(2_000_000, 2.0) - 1.0).abs() < 1e-12);
-        assert!(watts(5, 0.0).abs() < f64::EPSILON);
     }
 }

@@ -8,49 +8,19 @@
 
 use std::collections::BTreeMap;
 
+use crate::journal::{Provenance, RecordEntry, RecordingHeader};
 use crate::pipeline::{
-    self, Attribution, IdlePolicy, Ledger, PipelineConfig, VmShareBasis, WindowReport,
+    Attribution, BucketKind, Ledger, PipelineConfig, VmShareBasis, WindowReport,
 };
-use crate::recording::{RecordEntry, RecordingHeader};
-use crate::sources::power;
 
 use super::model::{
-    Bounded, Bucket, BucketReport, ContainerReport, Policy, PowerSourceInfo, Provenance, Quality,
-    RecordingInfo, Report, SCHEMA_VERSION, SeriesPoint, Totals, share_of,
+    Bounded, BucketReport, ContainerReport, PowerSourceInfo, Quality, RecordingInfo, Report,
+    SCHEMA_VERSION, SeriesPoint, Totals, share_of,
 };
 
 /// Characters of a container id shown when the engine gave no name (as `docker ps` does).
 const SHORT_ID_LEN: usize = 12;
 const PPM: u64 = 1_000_000;
-
-impl From<Policy> for IdlePolicy {
-    fn from(p: Policy) -> Self {
-        match p {
-            Policy::Exclude => Self::Exclude,
-            Policy::Proportional => Self::Proportional,
-            Policy::Reserved => Self::Reserved,
-        }
-    }
-}
-
-impl From<IdlePolicy> for Policy {
-    fn from(p: IdlePolicy) -> Self {
-        match p {
-            IdlePolicy::Exclude => Self::Exclude,
-            IdlePolicy::Proportional => Self::Proportional,
-            IdlePolicy::Reserved => Self::Reserved,
-        }
-    }
-}
-
-impl From<power::Provenance> for Provenance {
-    fn from(p: power::Provenance) -> Self {
-        match p {
-            power::Provenance::Measured => Self::Measured,
-            power::Provenance::Estimated => Self::Estimated,
-        }
-    }
-}
 
 /// The recording a report is made from: its header and entries, and the path to show.
 #[derive(Clone, Copy, Debug)]
@@ -109,20 +79,19 @@ fn power_source(attr: &Attribution, entries: &[RecordEntry]) -> PowerSourceInfo 
             kind,
             reason,
             provenance,
-        } => Some((kind.clone(), reason.clone(), *provenance)),
+        } => Some((*kind, reason.clone(), *provenance)),
         _ => None,
     });
     let kind = attr
         .config
         .source_kind
-        .clone()
-        .or_else(|| recorded.as_ref().map(|r| r.0.clone()))
-        .unwrap_or_else(|| "none".to_string());
+        .or_else(|| recorded.as_ref().map(|r| r.0))
+        .map_or_else(|| "none".to_string(), |k| k.as_str().to_string());
     let provenance = attr
         .config
         .source_provenance
         .or_else(|| recorded.as_ref().map(|r| r.2))
-        .map_or(Provenance::Estimated, Provenance::from);
+        .unwrap_or(Provenance::Estimated);
     let reason = recorded.map_or_else(
         || "the recording names no power source".to_string(),
         |r| r.1,
@@ -138,16 +107,6 @@ fn basis_name(b: VmShareBasis) -> &'static str {
     match b {
         VmShareBasis::CpuTime => "cpu-time",
         VmShareBasis::EnergyImpact => "energy-impact",
-    }
-}
-
-fn report_bucket(b: &pipeline::Bucket) -> Bucket {
-    match b {
-        pipeline::Bucket::VmSystem(_) => Bucket::VmSystem,
-        pipeline::Bucket::VmOverhead(_) => Bucket::VmOverhead,
-        pipeline::Bucket::HostOther => Bucket::HostOther,
-        pipeline::Bucket::Idle => Bucket::Idle,
-        pipeline::Bucket::Unattributed => Bucket::Unattributed,
     }
 }
 
@@ -222,11 +181,11 @@ fn series_point(w: &WindowReport, t0: u64) -> SeriesPoint {
         }
     }
     let buckets_uj = [
-        (Bucket::VmSystem, system),
-        (Bucket::VmOverhead, overhead),
-        (Bucket::HostOther, w.host_other.0),
-        (Bucket::Idle, w.idle.0),
-        (Bucket::Unattributed, w.unattributed.0),
+        (BucketKind::VmSystem, system),
+        (BucketKind::VmOverhead, overhead),
+        (BucketKind::HostOther, w.host_other.0),
+        (BucketKind::Idle, w.idle.0),
+        (BucketKind::Unattributed, w.unattributed.0),
     ]
     .into_iter()
     .collect();
@@ -302,12 +261,12 @@ pub fn report(attr: &Attribution, cfg: &PipelineConfig, src: &RecordingSource<'_
         low_uj: sum(|c| c.energy.low_uj),
         high_uj: sum(|c| c.energy.high_uj),
     };
-    let mut buckets: BTreeMap<Bucket, u64> = BTreeMap::new();
+    let mut buckets: BTreeMap<BucketKind, u64> = BTreeMap::new();
     for (b, v) in attr.ledger.buckets() {
-        *buckets.entry(report_bucket(b)).or_insert(0) += v.0;
+        *buckets.entry(b.kind()).or_insert(0) += v.0;
     }
-    let vm_buckets = buckets.get(&Bucket::VmSystem).copied().unwrap_or(0)
-        + buckets.get(&Bucket::VmOverhead).copied().unwrap_or(0);
+    let vm_buckets = buckets.get(&BucketKind::VmSystem).copied().unwrap_or(0)
+        + buckets.get(&BucketKind::VmOverhead).copied().unwrap_or(0);
     let host_ppm = if estimated {
         cfg.estimated_widen_ppm
     } else {
@@ -318,7 +277,7 @@ pub fn report(attr: &Attribution, cfg: &PipelineConfig, src: &RecordingSource<'_
         generated_by: format!("host-bridge {}", env!("CARGO_PKG_VERSION")),
         recording: recording_info(src),
         power_source,
-        policy: attr.config.policy.into(),
+        policy: attr.config.policy,
         vm_share_basis: basis_name(attr.config.basis).to_string(),
         window_s: secs(attr.config.window_ns),
         duration_s: secs(t1 - t0),
@@ -362,7 +321,7 @@ mod tests {
     use protocol::{MonoNanos, UnixNanos};
 
     fn session(mono: u64, unix: u64) -> RecordEntry {
-        RecordEntry::Session(crate::recording::SessionStart {
+        RecordEntry::Session(crate::journal::SessionStart {
             bridge_version: "t".into(),
             mono: MonoNanos(mono),
             unix: UnixNanos(unix),
@@ -391,12 +350,5 @@ mod tests {
             }
         );
         assert_eq!(widen(u64::MAX, 250_000).high_uj, u64::MAX);
-    }
-
-    #[test]
-    fn policies_convert_both_ways() {
-        for p in [Policy::Exclude, Policy::Proportional, Policy::Reserved] {
-            assert_eq!(Policy::from(IdlePolicy::from(p)), p);
-        }
     }
 }

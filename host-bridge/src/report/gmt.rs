@@ -1,8 +1,8 @@
 //! Green Metrics Tool (GMT) metric-provider files for per-container energy.
 //!
-//! GMT on macOS only sees "the Docker VM" (powermetrics.md §10.4); with these files it can
+//! GMT on macOS only sees "the Docker VM" (docs/powermetrics.md §7.3); with these files it can
 //! import joulebridge's per-container attribution. Format and ingest rules follow GMT's
-//! `metric_providers/base.py` as summarised in powermetrics.md §10.1–10.2 and §10.6:
+//! `metric_providers/base.py` as summarised in docs/powermetrics.md §7.1–7.2 and §7.4:
 //!
 //! - one file per metric, named `<metric>.log`; one line per sample and container:
 //!   `<timestamp_us> <value> <container_id>`, space-separated, newline-terminated;
@@ -42,7 +42,7 @@ pub const CONTAINER_ENERGY_METRIC: &str = "host_energy_joulebridge_container";
 /// Unit of [`CONTAINER_ENERGY_METRIC`], as GMT spells it.
 pub const ENERGY_UNIT: &str = "uJ";
 
-/// Units for which GMT rejects values ≤ 1 (powermetrics.md §10.2, "resolution underflow").
+/// Units for which GMT rejects values ≤ 1 (docs/powermetrics.md §7.2, "resolution underflow").
 pub const UNDERFLOW_UNITS: [&str; 4] = ["mJ", "uJ", "Hz", "us"];
 
 /// GMT's sampling-rate tolerance: the 95th percentile interval within this factor range.
@@ -170,7 +170,7 @@ pub struct CheckSummary {
     pub details: usize,
 }
 
-/// Check a provider file against GMT's ingest rules (powermetrics.md §10.2), reading it the way
+/// Check a provider file against GMT's ingest rules (docs/powermetrics.md §7.2), reading it the way
 /// GMT does: the text after the last newline is dropped, then each line must be
 /// `<int time> <int value> <detail>`.
 ///

@@ -11,8 +11,10 @@
 //! - the quality flags. When the power source is a model, every energy figure is marked
 //!   "estimated".
 
-use super::csv::watts;
-use super::model::{Bounded, Bucket, CarbonGrams, Report, SeriesPoint};
+use protocol::MicroJoules;
+
+use super::model::{Bounded, CarbonGrams, Report, SeriesPoint};
+use crate::pipeline::BucketKind;
 
 /// Chart size in SVG user units.
 const CHART_W: f64 = 960.0;
@@ -32,7 +34,7 @@ const PALETTE: [&str; 12] = [
 ];
 /// Marker of degraded windows.
 const DEGRADED: &str = "#D55E00";
-/// Bucket colours (greys), in [`Bucket::ALL`] order.
+/// BucketKind colours (greys), in [`BucketKind::ALL`] order.
 const BUCKET_GREYS: [&str; 5] = ["#8c8c8c", "#a6a6a6", "#bfbfbf", "#d9d9d9", "#ececec"];
 
 const STYLE: &str = r#"
@@ -106,27 +108,9 @@ fn carbon_cell(carbon: bool, g: Option<CarbonGrams>) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` from ns since the Unix epoch (proleptic Gregorian calendar;
-/// days-to-civil after H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+/// `YYYY-MM-DD HH:MM:SS UTC` from ns since the Unix epoch.
 fn utc(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3_600,
-        (rem % 3_600) / 60,
-        rem % 60
-    )
+    crate::clock::utc(protocol::UnixNanos(unix_ns), "%Y-%m-%d %H:%M:%S UTC")
 }
 
 /// A "nice" axis step (1, 2 or 5 × 10^k) giving about `target` ticks over `max`.
@@ -177,7 +161,7 @@ fn layers(report: &Report) -> Vec<Layer> {
             is_bucket: false,
         })
         .collect();
-    for (i, bucket) in Bucket::ALL.iter().enumerate() {
+    for (i, bucket) in BucketKind::ALL.iter().enumerate() {
         let present = report
             .series
             .iter()
@@ -196,7 +180,7 @@ fn layers(report: &Report) -> Vec<Layer> {
 
 fn layer_uj(point: &SeriesPoint, layer: &Layer) -> u64 {
     if layer.is_bucket {
-        Bucket::ALL
+        BucketKind::ALL
             .iter()
             .find(|b| b.as_str() == layer.key)
             .and_then(|b| point.buckets_uj.get(b))
@@ -245,7 +229,7 @@ fn chart(report: &Report, out: &mut String) {
         .map(|c| {
             c.layers_uj
                 .iter()
-                .map(|uj| watts(*uj, c.t1 - c.t0))
+                .map(|uj| MicroJoules(*uj).average_watts(c.t1 - c.t0))
                 .collect()
         })
         .collect();
@@ -293,24 +277,16 @@ fn chart(report: &Report, out: &mut String) {
     for (li, layer) in layers.iter().enumerate() {
         let top: Vec<f64> = base.iter().zip(&power).map(|(b, p)| b + p[li]).collect();
         let mut d = String::new();
+        // One horizontal step: `cmd` to (xa, v), then a line to (xb, v).
+        let mut step = |cmd: char, xa: f64, xb: f64, v: f64| {
+            d.push_str(&format!("{cmd}{:.2},{:.2}L{:.2},{:.2}", xa, y(v), xb, y(v)));
+        };
+        // Along the top of the layer, left to right, then back along its base.
         for (ci, c) in cols.iter().enumerate() {
-            let cmd = if ci == 0 { 'M' } else { 'L' };
-            d.push_str(&format!(
-                "{cmd}{:.2},{:.2}L{:.2},{:.2}",
-                x(c.t0),
-                y(top[ci]),
-                x(c.t1),
-                y(top[ci])
-            ));
+            step(if ci == 0 { 'M' } else { 'L' }, x(c.t0), x(c.t1), top[ci]);
         }
         for (ci, c) in cols.iter().enumerate().rev() {
-            d.push_str(&format!(
-                "L{:.2},{:.2}L{:.2},{:.2}",
-                x(c.t1),
-                y(base[ci]),
-                x(c.t0),
-                y(base[ci])
-            ));
+            step('L', x(c.t1), x(c.t0), base[ci]);
         }
         if !cols.is_empty() {
             d.push('Z');
@@ -426,7 +402,7 @@ fn summary_table(report: &Report, out: &mut String) {
             energy_cells(c.energy, est),
             c.share * 100.0,
             protocol::CpuMicros(c.cpu_us).as_secs_f64(),
-            watts(c.energy.energy_uj, report.duration_s)));
+            MicroJoules(c.energy.energy_uj).average_watts(report.duration_s)));
         out.push_str(&carbon_cell(carbon, c.carbon_g));
         out.push_str("</tr>");
     }
@@ -434,13 +410,13 @@ fn summary_table(report: &Report, out: &mut String) {
         out.push_str(&format!(r#"<tr data-bucket="{0}"><td><em>{0}</em></td><td></td><td></td><td></td>{1}<td></td><td></td><td class="num">{2:.3}</td>"#,
             b.bucket.as_str(),
             energy_cells(b.energy, est),
-            watts(b.energy.energy_uj, report.duration_s)));
+            MicroJoules(b.energy.energy_uj).average_watts(report.duration_s)));
         out.push_str(&carbon_cell(carbon, b.carbon_g));
         out.push_str("</tr>");
     }
     out.push_str(&format!(r#"<tr class="total" data-total="host"><td>Host total</td><td></td><td></td><td></td>{}<td></td><td></td><td class="num">{:.3}</td>"#,
         energy_cells(report.totals.host, est),
-        watts(report.totals.host.energy_uj, report.duration_s)));
+        MicroJoules(report.totals.host.energy_uj).average_watts(report.duration_s)));
     out.push_str(&carbon_cell(carbon, report.totals.carbon_g));
     out.push_str("</tr></tbody></table>");
 }

@@ -8,7 +8,7 @@
 //!
 //! Conventions:
 //! - Energy is an integer number of microjoules (`*_uj`), as in the ledger; never a float.
-//!   Every energy figure carries `low_uj`/`high_uj` bounds (attribution.md §8).
+//!   Every energy figure carries `low_uj`/`high_uj` bounds (docs/attribution.md §5).
 //! - CPU time is integer microseconds (`cpu_us`).
 //! - Times inside the run are seconds from its start (`t_start_s`), floats for plotting only;
 //!   `start_unix_ns` anchors them to the wall clock.
@@ -18,6 +18,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::journal::Provenance;
+use crate::pipeline::{BucketKind, IdlePolicy};
 
 /// Version of the report JSON layout. Bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -34,8 +37,8 @@ pub struct Report {
     pub recording: RecordingInfo,
     /// The host power source and whether its figures are measured.
     pub power_source: PowerSourceInfo,
-    /// Idle policy used to attribute idle power (attribution.md §5).
-    pub policy: Policy,
+    /// Idle policy used to attribute idle power (docs/attribution.md §4).
+    pub policy: IdlePolicy,
     /// How the VM's share of host energy was determined (`cpu-time`, `energy-impact`,
     /// `whole-host`).
     pub vm_share_basis: String,
@@ -87,57 +90,6 @@ pub struct PowerSourceInfo {
     pub reason: String,
 }
 
-/// Where figures come from; every estimated figure is shown as such.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provenance {
-    /// A hardware or OS energy sensor.
-    Measured,
-    /// A utilisation model with no sensor behind it.
-    Estimated,
-}
-
-impl Provenance {
-    /// `measured` or `estimated`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Measured => "measured",
-            Self::Estimated => "estimated",
-        }
-    }
-}
-
-/// Idle policy (attribution.md §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// Containers get dynamic energy only; idle goes to the `idle` bucket.
-    Exclude,
-    /// Idle is spread over containers in proportion to their CPU time.
-    Proportional,
-    /// Idle is spread by reservation: CPU limits, else equally among running containers.
-    Reserved,
-}
-
-impl Policy {
-    /// The CLI and JSON spelling.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Exclude => "exclude",
-            Self::Proportional => "proportional",
-            Self::Reserved => "reserved",
-        }
-    }
-}
-
-impl std::fmt::Display for Policy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// An energy figure with its bounds, integer µJ.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,50 +133,11 @@ pub struct CarbonGrams {
     pub high: f64,
 }
 
-/// Energy that is not any container's, kept apart so totals add up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Bucket {
-    /// VM CPU time outside any container (guest kernel, dockerd, containerd).
-    VmSystem,
-    /// The VM's hypervisor overhead on the host.
-    VmOverhead,
-    /// Host processes other than the VM.
-    HostOther,
-    /// Idle power kept apart (policy `exclude`, or nothing to spread it over).
-    Idle,
-    /// Energy that could not be attributed (missing samples, gaps).
-    Unattributed,
-}
-
-impl Bucket {
-    /// Every bucket, in display order.
-    pub const ALL: [Self; 5] = [
-        Self::VmSystem,
-        Self::VmOverhead,
-        Self::HostOther,
-        Self::Idle,
-        Self::Unattributed,
-    ];
-
-    /// The label value (`vm-system`, …).
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::VmSystem => "vm-system",
-            Self::VmOverhead => "vm-overhead",
-            Self::HostOther => "host-other",
-            Self::Idle => "idle",
-            Self::Unattributed => "unattributed",
-        }
-    }
-}
-
 /// One bucket's energy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BucketReport {
     /// Which bucket.
-    pub bucket: Bucket,
+    pub bucket: BucketKind,
     /// Its energy.
     #[serde(flatten)]
     pub energy: Bounded,
@@ -288,7 +201,7 @@ impl ContainerReport {
     }
 }
 
-/// How much to trust the figures (attribution.md §8).
+/// How much to trust the figures (docs/attribution.md §5).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quality {
@@ -323,7 +236,7 @@ pub struct SeriesPoint {
     /// CPU time per container in the window, same keys.
     pub cpu_us: BTreeMap<String, u64>,
     /// Energy per bucket.
-    pub buckets_uj: BTreeMap<Bucket, u64>,
+    pub buckets_uj: BTreeMap<BucketKind, u64>,
     /// Whether this window was attributed with a degraded method.
     pub degraded: bool,
 }
@@ -434,7 +347,7 @@ mod tests {
 
     #[test]
     fn bucket_serde_spelling_matches_label() {
-        for b in Bucket::ALL {
+        for b in BucketKind::ALL {
             let json = serde_json::to_string(&b).expect("serialize");
             assert_eq!(json, format!("\"{}\"", b.as_str()));
         }

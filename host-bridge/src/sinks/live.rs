@@ -1,5 +1,5 @@
 //! The live view: watts and joules per container on the terminal, refreshed every second, like
-//! `docker stats`. It draws the latest attribution view ([`MetricsView`], the same view
+//! `docker stats`. It draws the latest attribution view ([`LedgerView`], the same view
 //! `/metrics` renders), so what it shows is what the report of the recording will say.
 //!
 //! ```text
@@ -22,8 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::model::Provenance;
-use crate::sinks::prometheus::MetricsView;
+use crate::pipeline::LedgerView;
 
 /// Redraw period.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -37,17 +36,14 @@ pub fn stdout_is_terminal() -> bool {
 /// One line on the power source and the host totals; says "estimated" when no sensor is
 /// behind the figures.
 #[must_use]
-pub fn header(view: &MetricsView) -> String {
-    let marker = match view.provenance {
-        Provenance::Estimated => "estimated",
-        Provenance::Measured => "measured",
-    };
+pub fn header(view: &LedgerView) -> String {
+    let marker = view.provenance.as_str();
     let watts = view
         .host_power_w
         .map_or_else(|| "-".to_string(), |w| format!("{w:.3}"));
     format!(
         "power source: {} ({marker}) · host {watts} W · {:.3} J · {} windows{}\n",
-        view.source_kind,
+        view.source_kind.map_or("none", |k| k.as_str()),
         protocol::MicroJoules(view.host_energy_uj).as_joules_f64(),
         view.windows,
         if view.degraded_windows > 0 {
@@ -61,7 +57,7 @@ pub fn header(view: &MetricsView) -> String {
 /// A `docker stats`-like table of the latest view: power over the last window and energy
 /// since the recording started, per container (most energy first), then the buckets.
 #[must_use]
-pub fn energy_table(view: &MetricsView) -> String {
+pub fn energy_table(view: &LedgerView) -> String {
     let mut rows: Vec<(String, Option<f64>, u64)> = view
         .containers
         .iter()
@@ -96,7 +92,7 @@ pub fn energy_table(view: &MetricsView) -> String {
 
 /// The whole frame: [`header`] then [`energy_table`].
 #[must_use]
-pub fn frame(view: &MetricsView) -> String {
+pub fn frame(view: &LedgerView) -> String {
     let mut out = header(view);
     out.push_str(&energy_table(view));
     out
@@ -105,7 +101,7 @@ pub fn frame(view: &MetricsView) -> String {
 /// Draw the latest view on `out` every [`REFRESH`] until `cancel` fires or the view's sender
 /// is gone (the attribution stopped). A write error (closed terminal) stops the view only.
 pub async fn run(
-    view: watch::Receiver<Arc<MetricsView>>,
+    view: watch::Receiver<Arc<LedgerView>>,
     mut out: Box<dyn Write + Send>,
     cancel: CancellationToken,
 ) {
@@ -129,13 +125,17 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::model::{Bucket, Policy};
-    use crate::sinks::prometheus::{ContainerLabels, ContainerMetrics};
+    use crate::journal::{PowerSourceKind, Provenance};
+    use crate::pipeline::{BucketKind, ContainerLabels, ContainerView, IdlePolicy};
 
-    fn view(provenance: Provenance) -> MetricsView {
-        let mut view = MetricsView::empty("estimate", provenance, Policy::Exclude);
+    fn view(provenance: Provenance) -> LedgerView {
+        let mut view = LedgerView::empty(
+            Some(PowerSourceKind::Estimate),
+            provenance,
+            IdlePolicy::Exclude,
+        );
         for (service, uj, w) in [("db", 90_381_000, 2.008), ("web", 217_469_206, 4.832)] {
-            view.containers.push(ContainerMetrics {
+            view.containers.push(ContainerView {
                 labels: ContainerLabels {
                     compose_service: service.into(),
                     ..ContainerLabels::default()
@@ -145,7 +145,7 @@ mod tests {
                 power_w: Some(w),
             });
         }
-        view.buckets.push((Bucket::Idle, 101_600_000));
+        view.buckets.push((BucketKind::Idle, 101_600_000));
         view.host_energy_uj = 409_450_206;
         view.host_power_w = Some(8.5);
         view.windows = 41;

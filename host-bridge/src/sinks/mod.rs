@@ -1,10 +1,8 @@
-//! Sinks: where received data goes.
+//! Sinks: where the published view goes. Sinks only read [`crate::pipeline::LedgerView`]s;
+//! they never trigger sampling or attribution.
 //!
-//! - [`recorder`]: the single writer of the recording file; acknowledges samples to agents
-//!   once durable, drops duplicates, and passes every recorded entry on to observers.
 //! - [`live`]: the live per-container watts and joules on the terminal.
 //! - [`prometheus`]: the `/metrics` page rendering the latest ledger view.
 
 pub mod live;
 pub mod prometheus;
-pub mod recorder;

@@ -34,14 +34,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use host_bridge::journal::{HostCpu, PowerSample, PowerSourceKind, Provenance, VmShare};
+use host_bridge::journal::{RecordEntry, RecordingReader, RecordingWriter, SessionStart};
 use host_bridge::pipeline::{self, Attribution, IdlePolicy, PipelineConfig};
-use host_bridge::recording::{RecordEntry, RecordingReader, RecordingWriter, SessionStart};
-use host_bridge::sources::power::{HostCpu, PowerSample, Provenance, VmShare};
 use protocol::codec;
 use protocol::{
-    CgroupMode, ClockReading, ContainerCounters, ContainerInfo, ContainerState, Containers,
-    CpuCounters, CpuMicros, Hello, Message, MicroJoules, MonoNanos, Ping, Pong, PongReceipt,
-    ProcStat, Sample, UnixNanos,
+    ClockReading, ContainerCounters, ContainerInfo, ContainerState, Containers, CpuCounters,
+    CpuMicros, Hello, Message, MicroJoules, MonoNanos, Ping, Pong, PongReceipt, ProcStat, Sample,
+    UnixNanos,
 };
 
 /// Host monotonic time at the start of a simulation (1000 s after the host boot).
@@ -243,14 +243,6 @@ impl Scenario {
 
     fn hello(&self, instance: u64, at_guest: u64) -> Message {
         Message::Hello(Hello {
-            protocol: protocol::PROTOCOL_VERSION,
-            agent_version: "sim".into(),
-            boot_id: "boot-sim".into(),
-            instance_id: instance,
-            vm_name: "sim-vm".into(),
-            hostname: "sim".into(),
-            kernel_release: "6.10".into(),
-            cgroup_mode: CgroupMode::V2,
             cpu_count: u32::try_from(self.vm_cpus).expect("small"),
             clock: ClockReading {
                 mono_ns: MonoNanos(at_guest),
@@ -258,7 +250,7 @@ impl Scenario {
             },
             sample_period_ms: u32::try_from(self.sample_period_ms).expect("small"),
             has_container_metadata: true,
-            auth_token: None,
+            ..protocol::testing::hello("boot-sim", instance, "sim-vm")
         })
     }
 
@@ -312,7 +304,12 @@ impl Scenario {
             &mut timed,
             H0 - 900_000,
             RecordEntry::PowerSource {
-                kind: "sim".into(),
+                // The simulated meter is a sensor unless the scenario says estimated.
+                kind: if self.provenance == Provenance::Estimated {
+                    PowerSourceKind::Estimate
+                } else {
+                    PowerSourceKind::Rapl
+                },
                 reason: "simulation".into(),
                 provenance: self.provenance,
             },

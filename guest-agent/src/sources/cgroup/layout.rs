@@ -1,4 +1,4 @@
-//! Finding container cgroups by the names runtimes give them (platforms.md §4).
+//! Finding container cgroups by the names runtimes give them (docs/platforms.md §2).
 //!
 //! | Runtime / driver | cgroup, relative to the hierarchy root |
 //! |---|---|

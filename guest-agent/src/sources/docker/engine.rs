@@ -58,7 +58,7 @@ pub fn cgroup_path_from_proc(text: &str) -> Option<String> {
 }
 
 /// Where the engine puts a container's cgroup (relative to the cgroup root) when
-/// `/proc/<pid>/cgroup` cannot say (platforms.md §4 table):
+/// `/proc/<pid>/cgroup` cannot say (docs/platforms.md §2 table):
 ///
 /// | engine, driver | default | with `--cgroup-parent P` |
 /// |---|---|---|

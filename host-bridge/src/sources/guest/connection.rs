@@ -15,6 +15,7 @@
 //! the outcomes are known: every rejected frame counts once in `frames_rejected`, and a drop
 //! guard keeps `connections_open` right on every exit path, early returns and panics included.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,11 +31,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::listener::BoxedStream;
+use super::stats::BridgeStats;
 use crate::clock;
-use crate::recording::RecordEntry;
-use crate::sinks::prometheus::BridgeStats;
-use crate::sinks::recorder::{Origin, Record, RecorderHandle, StreamKey};
+use crate::journal::RecordEntry;
+use crate::journal::recorder::{Origin, Record, RecorderHandle, StreamKey};
+
+/// A connected agent stream, whatever the transport.
+pub trait GuestStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> GuestStream for T {}
+
+/// A boxed [`GuestStream`].
+pub type BoxedStream = Pin<Box<dyn GuestStream>>;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -203,6 +210,42 @@ async fn reject<W: AsyncWrite + Unpin>(w: &mut W, code: ErrorCode, message: Stri
     }
 }
 
+/// `err` and its causes, `outer: inner: …` (what the peer is told and what is logged).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The payload of a frame read, or `None` when the connection is over: the peer closed
+/// (`closed` logs it), or the read failed (the peer is told why where that helps, and a rejected
+/// frame is counted).
+async fn frame_or_end<W: AsyncWrite + Unpin>(
+    read: Result<Option<BytesMut>, ConnectionError>,
+    write: &mut W,
+    ctx: &ConnectionContext,
+    closed: impl FnOnce(),
+) -> Option<BytesMut> {
+    match read {
+        Ok(Some(payload)) => Some(payload),
+        Ok(None) => {
+            closed();
+            None
+        }
+        Err(err) => {
+            if reject_read_error(write, &err).await {
+                ctx.stats.frames_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            None
+        }
+    }
+}
+
 /// Serve one connection to the end. Never returns an error: every outcome is logged here.
 pub async fn serve(
     stream: BoxedStream,
@@ -222,18 +265,12 @@ pub async fn serve(
         () = cancel.cancelled() => return,
         first = reader.next(ctx.frame_timeout, ctx.idle_timeout) => first,
     };
-    let payload = match first {
-        Ok(Some(payload)) => payload,
-        Ok(None) => {
-            debug!("Peer closed before saying Hello.");
-            return;
-        }
-        Err(err) => {
-            if reject_read_error(&mut write, &err).await {
-                rejected();
-            }
-            return;
-        }
+    let Some(payload) = frame_or_end(first, &mut write, ctx, || {
+        debug!("Peer closed before saying Hello.")
+    })
+    .await
+    else {
+        return;
     };
     let at = clock::mono_now();
     let hello = match handshake(&payload, ctx) {
@@ -307,24 +344,16 @@ pub async fn serve(
                 }
             }
             frame = reader.next(ctx.frame_timeout, ctx.idle_timeout) => {
-                let payload = match frame {
-                    Ok(Some(payload)) => payload,
-                    Ok(None) => {
-                        info!("Agent disconnected without Goodbye.");
-                        return;
-                    }
-                    Err(err) => {
-                        if reject_read_error(&mut write, &err).await {
-                            rejected();
-                        }
-                        return;
-                    }
+                let Some(payload) =
+                    frame_or_end(frame, &mut write, ctx, || info!("Agent disconnected without Goodbye.")).await
+                else {
+                    return;
                 };
                 let at = clock::mono_now();
                 let message = match codec::decode_payload::<Message>(&payload) {
                     Ok(message) => message,
                     Err(err) => {
-                        let why = format!("{:#}", anyhow::Error::new(err));
+                        let why = error_chain(&err);
                         warn!(error = %why, "Malformed frame from agent; closing.");
                         rejected();
                         reject(&mut write, ErrorCode::MalformedFrame, format!("could not decode frame: {why}")).await;
@@ -419,7 +448,7 @@ fn handshake(payload: &[u8], ctx: &ConnectionContext) -> Result<Hello, (ErrorCod
         Err(err) => {
             return Err((
                 ErrorCode::MalformedFrame,
-                format!("could not decode Hello: {:#}", anyhow::Error::new(err)),
+                format!("could not decode Hello: {}", error_chain(&err)),
             ));
         }
     };

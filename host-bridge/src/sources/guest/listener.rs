@@ -7,20 +7,19 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::{ErrorCode, ErrorMessage, Message};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use super::connection::{self, ConnectionContext};
-use crate::config::ListenEndpoint;
+use super::connection::{self, BoxedStream, ConnectionContext};
+use protocol::endpoint::Endpoint as ListenEndpoint;
 
 /// First delay after a failed accept.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -28,13 +27,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a "busy" rejection may take before the socket is just dropped.
 const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A connected agent stream, whatever the transport.
-pub trait GuestStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> GuestStream for T {}
-
-/// A boxed [`GuestStream`].
-pub type BoxedStream = Pin<Box<dyn GuestStream>>;
 
 /// Failures of binding a listener.
 #[derive(Debug, thiserror::Error)]

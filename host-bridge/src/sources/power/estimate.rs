@@ -1,6 +1,6 @@
 //! Host power estimated from CPU utilisation, for hosts with no readable sensor.
 //!
-//! Model (Cloud Carbon Footprint's compute formula, attribution.md §11):
+//! Model (Cloud Carbon Footprint's compute formula, docs/attribution.md §1.3):
 //! `P = P_idle + u × (P_max − P_idle)`, with `u` the host's busy fraction over the window and
 //! `P_idle`, `P_max` scaled by the number of online CPUs.
 //!

@@ -3,7 +3,7 @@
 //!
 //! Host busy time is `user + nice + system + irq + softirq` of the aggregate `cpu` line: idle
 //! and iowait are not work, `guest`/`guest_nice` are already inside `user`/`nice`, and `steal`
-//! is time this host did not get (attribution.md §4.2). The VM is found by [`VmSelector`]
+//! is time this host did not get (docs/attribution.md §3). The VM is found by [`VmSelector`]
 //! (Kepler's hypervisor list by default: QEMU, Firecracker, cloud-hypervisor, crosvm) and its
 //! CPU time is `utime + stime` of the process, which covers all its threads (vCPUs included) and
 //! threads that already exited.
@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use protocol::MonoNanos;
+use protocol::{CpuMicros, MonoNanos, ProcStat};
 
 use super::{HostCpu, VmSelector, VmShare};
 
@@ -46,49 +46,62 @@ pub enum HostCpuError {
     },
 }
 
-/// Aggregate CPU counters of `/proc/stat`.
+/// The host's aggregate `cpu` line of `/proc/stat`, converted from USER_HZ ticks to µs (the
+/// same type and the same busy rule as the guest's, [`ProcStat::busy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStat {
-    /// `user + nice + system + irq + softirq` ticks over all CPUs.
-    pub busy_ticks: u64,
-    /// All ticks (busy + idle + iowait + steal) over all CPUs.
-    pub total_ticks: u64,
+pub struct HostStat {
+    /// The aggregate counters over all CPUs.
+    pub times: ProcStat,
     /// Online CPUs (`cpuN` lines).
     pub cpus: u32,
 }
 
-/// Parses `/proc/stat`.
+/// Parses `/proc/stat`, with `ticks_per_second` = USER_HZ.
 ///
 /// # Errors
 /// [`HostCpuError::Parse`] when the aggregate `cpu` line is missing or short.
-pub fn parse_proc_stat(text: &str, path: &Path) -> Result<ProcStat, HostCpuError> {
+pub fn parse_proc_stat(
+    text: &str,
+    path: &Path,
+    ticks_per_second: u64,
+) -> Result<HostStat, HostCpuError> {
     let parse_err = |what| HostCpuError::Parse {
         path: path.to_owned(),
         what,
     };
+    let us = |ticks: u64| CpuMicros(protocol::units::scale(ticks, 1_000_000, ticks_per_second));
     let mut aggregate = None;
     let mut cpus = 0u32;
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         match fields.next() {
             Some("cpu") => {
-                let values: Vec<u64> = fields.map_while(|f| f.parse().ok()).collect();
-                if values.len() < 7 {
+                let v: Vec<u64> = fields.map_while(|f| f.parse().ok()).collect();
+                if v.len() < 7 {
                     return Err(parse_err("aggregate cpu line"));
                 }
                 // user nice system idle iowait irq softirq [steal guest guest_nice]
-                let busy = values[0] + values[1] + values[2] + values[5] + values[6];
-                let total = values.iter().take(8).sum();
-                aggregate = Some((busy, total));
+                let field = |i: usize| us(v.get(i).copied().unwrap_or(0));
+                aggregate = Some(ProcStat {
+                    user: field(0),
+                    nice: field(1),
+                    system: field(2),
+                    idle: field(3),
+                    iowait: field(4),
+                    irq: field(5),
+                    softirq: field(6),
+                    steal: field(7),
+                    guest: field(8),
+                    guest_nice: field(9),
+                });
             }
             Some(name) if name.starts_with("cpu") => cpus += 1,
             _ => {}
         }
     }
-    let (busy_ticks, total_ticks) = aggregate.ok_or_else(|| parse_err("aggregate cpu line"))?;
-    Ok(ProcStat {
-        busy_ticks,
-        total_ticks,
+    let times = aggregate.ok_or_else(|| parse_err("aggregate cpu line"))?;
+    Ok(HostStat {
+        times,
         cpus: cpus.max(1),
     })
 }
@@ -145,7 +158,7 @@ pub struct CpuWindow {
 #[derive(Clone, Debug)]
 struct Snapshot {
     at: MonoNanos,
-    stat: ProcStat,
+    stat: HostStat,
     vm_ticks: HashMap<i64, u64>,
 }
 
@@ -189,7 +202,7 @@ impl ProcReader {
             path: stat_path.clone(),
             source,
         })?;
-        let stat = parse_proc_stat(&text, &stat_path)?;
+        let stat = parse_proc_stat(&text, &stat_path, self.ticks_per_second)?;
         let vm = self.scan_vm();
         let vm_ticks: HashMap<i64, u64> = vm.iter().map(|(pid, _, t)| (*pid, *t)).collect();
         let snapshot = Snapshot {
@@ -201,7 +214,7 @@ impl ProcReader {
             return Ok(None);
         };
         let window_ns = now.since(prev.at);
-        let busy_ticks = stat.busy_ticks.saturating_sub(prev.stat.busy_ticks);
+        let busy = stat.times.busy().saturating_sub(prev.stat.times.busy());
         let vm_ticks: u64 = vm
             .iter()
             .map(|(pid, _, ticks)| match prev.vm_ticks.get(pid) {
@@ -211,7 +224,7 @@ impl ProcReader {
                 None => *ticks,
             })
             .sum();
-        let busy_ns = self.ticks_to_ns(busy_ticks);
+        let busy_ns = busy.0.saturating_mul(1_000);
         Ok(Some(CpuWindow {
             window_ns,
             host: HostCpu {
@@ -304,9 +317,16 @@ mod tests {
 
     #[test]
     fn proc_stat_busy_excludes_idle_iowait_steal() {
-        let stat = parse_proc_stat(STAT, Path::new("stat")).expect("parses");
-        assert_eq!(stat.busy_ticks, 100 + 10 + 50 + 5 + 5);
-        assert_eq!(stat.total_ticks, 100 + 10 + 50 + 1000 + 20 + 5 + 5 + 7);
+        let stat = parse_proc_stat(STAT, Path::new("stat"), 100).expect("parses");
+        // 10 ms per tick at USER_HZ = 100.
+        assert_eq!(
+            stat.times.busy(),
+            CpuMicros((100 + 10 + 50 + 5 + 5) * 10_000)
+        );
+        assert_eq!(
+            stat.times.accounted(),
+            CpuMicros((100 + 10 + 50 + 1000 + 20 + 5 + 5 + 7) * 10_000)
+        );
         assert_eq!(stat.cpus, 2);
     }
 

@@ -30,122 +30,15 @@ mod select;
 
 use protocol::{MicroJoules, MonoNanos};
 use serde::{Deserialize, Serialize};
+
+pub use crate::journal::power::{HostCpu, PowerSample, PowerSourceKind, Provenance, VmShare};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use select::{
-    HostOs, PowerConfig, PowerSourceKind, RaplAvailability, SelectError, Selection, SelectionProbe,
-    SourceChoice, probe_host, program_exists, run_power, select_source,
+    HostOs, PowerConfig, RaplAvailability, SelectError, Selection, SelectionProbe, SourceChoice,
+    probe_host, program_exists, run_power, select_source,
 };
-
-/// Host energy over one window `[end - window_ns, end]` on the bridge's monotonic clock.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PowerSample {
-    /// Bridge monotonic time at the end of the window (arrival of the reading).
-    pub end: MonoNanos,
-    /// Length of the window in ns (powermetrics `elapsed_ns`, or the RAPL poll interval).
-    pub window_ns: u64,
-    /// Energy of the domain that is split by CPU time (Apple Silicon: CPU cores; Intel Mac:
-    /// package; RAPL: psys, else package + dram; estimate: the modelled CPU power).
-    pub energy: MicroJoules,
-    /// Every component the source reported, by name (`cpu`, `gpu`, `ane`, `package-0`, …),
-    /// for display and for the host buckets.
-    pub components: Vec<(String, MicroJoules)>,
-    /// The VM process's share of host CPU in this window, when the source sees processes.
-    pub vm_share: Option<VmShare>,
-    /// Host-wide CPU busy time in the window, when known.
-    pub host_cpu: Option<HostCpu>,
-    /// Measured by a sensor or estimated by a model.
-    pub provenance: Provenance,
-}
-
-/// The VM process against the whole host, over the same window.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VmShare {
-    /// CPU time of the VM process (ns).
-    pub vm_cpu_ns: u64,
-    /// CPU time of all host tasks (ns), the denominator.
-    pub total_cpu_ns: u64,
-    /// Apple "energy impact" of the VM task, when reported.
-    pub vm_energy_impact: Option<f64>,
-    /// Energy impact of all tasks.
-    pub total_energy_impact: Option<f64>,
-}
-
-/// Host CPU utilisation over the window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostCpu {
-    /// Busy CPU time summed over CPUs (ns).
-    pub busy_ns: u64,
-    /// CPU capacity: window length × online CPUs (ns).
-    pub capacity_ns: u64,
-}
-
-/// Where a figure comes from. Shown next to every number derived from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Provenance {
-    /// A hardware or OS energy sensor (RAPL; powermetrics, itself Apple's model).
-    Measured,
-    /// A utilisation model with no sensor behind it.
-    Estimated,
-}
-
-impl PowerSample {
-    /// The energy of one named component (`cpu`, `gpu`, `package-0`, …), if reported.
-    ///
-    /// Components overlap (clusters are parts of `cpu`; `combined` is `cpu + gpu + ane`; RAPL
-    /// `core` is part of its package): look them up by name, never sum them all.
-    #[must_use]
-    pub fn component(&self, name: &str) -> Option<MicroJoules> {
-        self.components
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, energy)| *energy)
-    }
-
-    /// Average power of the split domain over the window, in milliwatts (display only).
-    #[must_use]
-    #[allow(clippy::cast_precision_loss)]
-    pub fn average_power_mw(&self) -> Option<f64> {
-        (self.window_ns > 0).then(|| self.energy.0 as f64 * 1e6 / self.window_ns as f64)
-    }
-}
-
-impl VmShare {
-    /// The VM's fraction of host CPU time in the window, in `[0, 1]` when the counters agree.
-    #[must_use]
-    #[allow(clippy::cast_precision_loss)]
-    pub fn cpu_fraction(&self) -> Option<f64> {
-        (self.total_cpu_ns > 0).then(|| self.vm_cpu_ns as f64 / self.total_cpu_ns as f64)
-    }
-}
-
-impl HostCpu {
-    /// Host utilisation in `[0, 1]` (busy time over capacity), clamped.
-    #[must_use]
-    #[allow(clippy::cast_precision_loss)]
-    pub fn utilisation(&self) -> Option<f64> {
-        (self.capacity_ns > 0)
-            .then(|| (self.busy_ns as f64 / self.capacity_ns as f64).clamp(0.0, 1.0))
-    }
-}
-
-impl Provenance {
-    /// The label shown next to every figure derived from this source.
-    #[must_use]
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Measured => "measured",
-            Self::Estimated => "estimated",
-        }
-    }
-}
-
-impl std::fmt::Display for Provenance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
-}
 
 /// The bridge's monotonic clock, as [`MonoNanos`], for the power sources.
 ///
@@ -437,7 +330,7 @@ impl std::fmt::Display for VmSelector {
 
 /// The Virtualization.framework VM process (one per VM, vCPUs run in it).
 pub const VZ_VM_PROCESS: &str = "com.apple.Virtualization.VirtualMachine";
-/// Docker Desktop's coalition on macOS (powermetrics.md §6.1, observed).
+/// Docker Desktop's coalition on macOS (docs/powermetrics.md §5.1, observed).
 pub const DOCKER_DESKTOP_COALITION: &str = "com.docker.docker";
 
 impl VmSelector {
@@ -508,7 +401,7 @@ impl VmSelector {
         Self::Patterns(patterns)
     }
 
-    /// VM monitor processes on a Linux host (Kepler's hypervisor list, attribution.md §4.1).
+    /// VM monitor processes on a Linux host (Kepler's hypervisor list, docs/attribution.md §2).
     /// `comm` is cut to 15 bytes, so `cloud-hypervisor` is matched as a prefix.
     #[must_use]
     pub fn linux_default() -> Self {

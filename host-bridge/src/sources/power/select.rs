@@ -6,48 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::PowerSourceKind;
 use super::estimate::{self, CpuProbe, EstimateModel, EstimateSource};
 use super::hostcpu::{self, ProcReader};
 use super::powermetrics::spawn::{PowermetricsConfig, PowermetricsSource};
 use super::rapl::{self, RaplConfig, RaplError, RaplReader};
 use super::replay::{Pace, ReplayConfig, ReplaySource};
 use super::{MonoClock, PowerError, PowerEvent, PowerOutputs, VmSelector};
-
-/// The kinds of power source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PowerSourceKind {
-    /// Apple `powermetrics` (macOS).
-    Powermetrics,
-    /// Linux powercap RAPL.
-    Rapl,
-    /// Utilisation model, no sensor.
-    Estimate,
-    /// A recorded powermetrics capture.
-    Replay,
-}
-
-impl PowerSourceKind {
-    /// The name used on the command line and in recordings.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Powermetrics => "powermetrics",
-            Self::Rapl => "rapl",
-            Self::Estimate => "estimate",
-            Self::Replay => "replay",
-        }
-    }
-}
-
-impl std::fmt::Display for PowerSourceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What the user asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]

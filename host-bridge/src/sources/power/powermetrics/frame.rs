@@ -5,12 +5,12 @@
 //! kill time do not), so a document is complete when its buffered bytes end with `</plist>`
 //! (it is emitted then, and stamped on that arrival, not one interval later when the next NUL
 //! comes) or when a NUL follows it. A chunk without `</plist>` is incomplete: held while more
-//! bytes may come, dropped and counted at EOF (powermetrics.md §2, §9; GMT #286). A chunk that grows past [`MAX_DOC_BYTES`]
+//! bytes may come, dropped and counted at EOF (docs/powermetrics.md §2; GMT #286). A chunk that grows past [`MAX_DOC_BYTES`]
 //! without a NUL is dropped too, so a stream that never sends a NUL cannot exhaust memory.
 
 use bytes::{Bytes, BytesMut};
 
-/// Largest document accepted. Observed documents are 7–480 KB (powermetrics.md §2); a machine
+/// Largest document accepted. Observed documents are 7–480 KB (docs/powermetrics.md §2); a machine
 /// with many cores and `--show-all` stays well below this.
 pub const MAX_DOC_BYTES: usize = 16 * 1024 * 1024;
 

@@ -3,24 +3,27 @@
 //!
 //! - [`frame`]: the NUL framer (holds an incomplete trailing document; drops and counts it at
 //!   EOF).
-//! - [`parse`]: a pull parser that extracts only the needed keys from one document.
+//! - [`plist`]: a pull cursor over one plist document (generic: dicts, scalars, skipping).
+//! - [`parse`]: the powermetrics schema: the keys the bridge needs, read with that cursor.
 //! - [`spawn`]: the child-process supervisor (arguments per macOS release, stderr drained,
 //!   restarts with gaps recorded, the "run as root" diagnosis).
 //! - This module: turning a parsed document into a [`PowerSample`] ([`to_sample`]) and the
 //!   per-stream state shared by the live source and [`super::replay`] ([`DocStream`]).
 //!
 //! Energy per window is `power × elapsed_ns` (mW × ns / 1e6 = µJ): the reported integer mJ are
-//! too coarse at short intervals (powermetrics.md §5.1) but are kept in
+//! too coarse at short intervals (docs/powermetrics.md §4.1) but are kept in
 //! [`ComponentEnergy::reported_mj`]. Domain dispatch is on keys present, never on OS version:
 //! Intel `package_joules`/`package_watts` → the `package` domain; Apple Silicon `cpu_*` → the
 //! `cpu` domain; neither → "no energy data".
 //!
 //! The VM's share comes from the same document: the CPU time of the VM task (see
 //! [`VmSelector`]) against `all_tasks.cputime_ns`, never the coalition sum, which differs from
-//! `all_tasks` by up to ±10 % (attribution.md §4.1).
+//! `all_tasks` by up to ±10 % (docs/attribution.md §2).
 
+mod child;
 pub mod frame;
 pub mod parse;
+pub mod plist;
 pub mod spawn;
 
 use protocol::{MicroJoules, MonoNanos};
@@ -94,7 +97,7 @@ pub fn split_domain(doc: &PowermetricsDoc) -> Option<&EnergyReading> {
 ///
 /// GPU: `processor.gpu_power` when present (mW precision), else `gpu.gpu_energy` (a
 /// `gpu_power`-only sampler list has no `processor` dict). The two differ slightly on some
-/// machines (powermetrics.md §5.2); the processor figure is preferred for consistency with
+/// machines (docs/powermetrics.md §4.2); the processor figure is preferred for consistency with
 /// `cpu` and `combined`.
 #[must_use]
 pub fn components(doc: &PowermetricsDoc, elapsed_ns: u64) -> Vec<ComponentEnergy> {

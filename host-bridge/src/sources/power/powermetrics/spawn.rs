@@ -13,18 +13,18 @@
 //! Nothing here is macOS-only except finding the OS release (`sw_vers`): the program and the
 //! child's `PATH` are configurable, so tests run a stand-in `powermetrics` on Linux.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use protocol::MonoNanos;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::DocStream;
+use super::child::{drain_stderr, stop_child, wait_child};
 use crate::sources::power::{MonoClock, OutputClosed, PowerEvent, PowerOutputs, VmSelector};
 
 /// The executable looked up on `PATH` by default.
@@ -32,7 +32,7 @@ pub const DEFAULT_PROGRAM: &str = "powermetrics";
 /// Where macOS installs it; the sudoers rule names this path.
 pub const MACOS_PROGRAM_PATH: &str = "/usr/bin/powermetrics";
 /// Default sampling interval. GMT advises no lower than ~200 ms: powermetrics itself costs
-/// 200–330 ms of CPU per second at 130 ms (powermetrics.md §7).
+/// 200–330 ms of CPU per second at 130 ms (docs/powermetrics.md §6).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Release assumed when it cannot be detected (not on macOS, or `sw_vers` failed): the current
 /// flag set.
@@ -43,16 +43,10 @@ pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 /// Consecutive child runs without a sample before giving up.
 pub const MAX_FAILURES: u32 = 10;
-/// stderr lines kept for the exit reason.
-const STDERR_TAIL_LINES: usize = 20;
 /// stdout bytes kept from the start of each run, to diagnose a child that printed text.
 const STDOUT_HEAD_BYTES: usize = 4096;
-/// Time a stopping child gets after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Read buffer; documents are 7–480 KB.
 const READ_CHUNK: usize = 64 * 1024;
-/// Known stderr noise (GMT filters these): logged at DEBUG, not WARN.
-const STDERR_NOISE: [&str; 2] = ["proc_pid", "Second underflow occured"];
 
 /// How the child gets root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +140,7 @@ pub enum PowermetricsError {
 
 /// The argument list for one macOS release, long option names only.
 ///
-/// Flags per release (powermetrics.md §1, §4): the interval is `--sample-interval` up to
+/// Flags per release (docs/powermetrics.md §1): the interval is `--sample-interval` up to
 /// macOS 11 and `--sample-rate` from 12; the `ane_power` sampler exists from macOS 13 (before
 /// that the ANE is reported by `cpu_power`). `--show-process-energy` adds `energy_impact` and
 /// `--show-process-coalition` groups tasks by coalition (Docker Desktop's VM is found by its
@@ -542,71 +536,6 @@ impl Supervisor<'_> {
             out.sample_or_cancel(sample, cancel).await?;
         }
         Ok(())
-    }
-}
-
-/// Reads stderr to the end, logging each line, and returns the last lines.
-async fn drain_stderr(stderr: impl AsyncRead + Unpin) -> Vec<String> {
-    let mut lines = BufReader::new(stderr).lines();
-    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                let line = line.trim().to_owned();
-                if line.is_empty() {
-                    continue;
-                }
-                if STDERR_NOISE.iter().any(|noise| line.contains(noise)) {
-                    tracing::debug!(line = %line, "Powermetrics stderr noise.");
-                } else {
-                    tracing::warn!(line = %line, "Powermetrics wrote to stderr.");
-                }
-                if tail.len() == STDERR_TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-            Ok(None) => break,
-            Err(err) => {
-                tracing::debug!(error = %err, "Powermetrics stderr unreadable; stop draining.");
-                break;
-            }
-        }
-    }
-    tail.into()
-}
-
-/// Waits for a child whose stdout closed; kills it if it lingers.
-async fn wait_child(child: &mut Child) -> Option<ExitStatus> {
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            stop_child(child).await;
-            None
-        }
-    }
-}
-
-/// SIGTERM to our child only (so `sudo` relays it to powermetrics), then SIGKILL after
-/// [`STOP_GRACE`]. `kill(1)` is used because signalling needs no `unsafe` that way.
-async fn stop_child(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let term = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
-        if term.is_ok_and(|s| s.success())
-            && tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok()
-        {
-            return;
-        }
-    }
-    if let Err(err) = child.kill().await {
-        tracing::debug!(error = %err, "Powermetrics child already gone.");
     }
 }
 

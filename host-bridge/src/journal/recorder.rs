@@ -29,7 +29,8 @@ use protocol::Message;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::recording::{RecordEntry, RecordingError, RecordingWriter, SessionStart};
+use super::file::{RecordingError, RecordingWriter};
+use super::record::{RecordEntry, SessionStart};
 
 /// Entries waiting for the recorder. Overflow policy: senders `send().await` (back-pressure
 /// to the socket readers, then to the agents through flow control).
@@ -362,42 +363,24 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
-    use protocol::{
-        CgroupMode, ClockReading, Hello, MonoNanos, PROTOCOL_VERSION, ProcStat, Sample, UnixNanos,
-    };
+    use protocol::{ClockReading, Hello, MonoNanos, Sample, UnixNanos, testing};
 
     use super::*;
 
     fn hello(instance_id: u64) -> Message {
         Message::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            agent_version: "t".into(),
-            boot_id: "boot".into(),
-            instance_id,
-            vm_name: "vm".into(),
-            hostname: "h".into(),
-            kernel_release: "k".into(),
-            cgroup_mode: CgroupMode::V2,
             cpu_count: 1,
-            clock: ClockReading {
-                mono_ns: MonoNanos(0),
-                unix_ns: UnixNanos(0),
-            },
-            sample_period_ms: 1000,
-            has_container_metadata: false,
-            auth_token: None,
+            ..testing::hello("boot", instance_id, "vm")
         })
     }
 
     fn sample(seq: u64) -> Message {
         Message::Sample(Sample {
-            seq,
             clock: ClockReading {
                 mono_ns: MonoNanos(seq),
                 unix_ns: UnixNanos(seq),
             },
-            vm: ProcStat::default(),
-            containers: Vec::new(),
+            ..testing::sample(seq, seq, &[])
         })
     }
 
@@ -471,7 +454,7 @@ mod tests {
         assert_eq!(*ack_rx.borrow(), Some(3));
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
 
-        let read = crate::recording::RecordingReader::read_all(&path).unwrap();
+        let read = crate::journal::RecordingReader::read_all(&path).unwrap();
         let seqs: Vec<u64> = read
             .entries
             .iter()

@@ -2,7 +2,7 @@
 //! ledger published to the Prometheus sink, and a small progress snapshot for `measure`.
 //!
 //! ```text
-//! recorder ─(lossless mpsc)─► engine task ─► watch<MetricsView> ─► /metrics (on scrape)
+//! recorder ─(lossless mpsc)─► engine task ─► watch<LedgerView> ─► /metrics (on scrape)
 //! ```
 //!
 //! On start the engine first replays the recording the bridge just (re)opened, so after a
@@ -18,12 +18,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{Engine, PipelineConfig, WindowReport};
-use crate::recording::{RecordEntry, RecordingReader};
-use crate::report::model::{Policy, Provenance};
-use crate::serve::Bridge;
+use super::Bridge;
+use crate::config::Config;
+use crate::journal::{RecordEntry, RecordingReader};
+use crate::pipeline::{LedgerView, LiveLedger, PipelineConfig};
 use crate::sinks::live;
-use crate::sinks::prometheus::{self, MetricsEndpoint, MetricsView};
+use crate::sinks::prometheus::{self, MetricsEndpoint};
 
 /// Entries queued between the recorder and the engine. Lossless: when full the recorder
 /// waits (and with it the agents' acks), so the ledger never misses an entry.
@@ -42,7 +42,7 @@ pub struct Progress {
 #[derive(Debug)]
 pub struct LiveAttribution {
     /// Latest view (also what `/metrics` renders).
-    pub view: watch::Receiver<Arc<MetricsView>>,
+    pub view: watch::Receiver<Arc<LedgerView>>,
     /// Progress counters.
     pub progress: Arc<Progress>,
     /// Where `/metrics` is served, if it is.
@@ -50,18 +50,6 @@ pub struct LiveAttribution {
     engine: JoinHandle<()>,
     server: Option<JoinHandle<()>>,
     cancel: CancellationToken,
-}
-
-fn source_of(entry: &RecordEntry, kind: &mut String, provenance: &mut Provenance) {
-    if let RecordEntry::PowerSource {
-        kind: k,
-        provenance: p,
-        ..
-    } = entry
-    {
-        kind.clone_from(k);
-        *provenance = (*p).into();
-    }
 }
 
 /// Where to serve `/metrics`, and whether failing to bind there is fatal.
@@ -102,33 +90,17 @@ pub async fn attach(
     cfg: PipelineConfig,
     metrics: Option<MetricsBind>,
 ) -> anyhow::Result<LiveAttribution> {
-    let mut engine = Engine::new(cfg).context("invalid attribution settings")?;
+    let mut ledger = LiveLedger::new(cfg).context("invalid attribution settings")?;
     let path = recording.to_path_buf();
     let existing = tokio::task::spawn_blocking(move || RecordingReader::read_all(&path))
         .await
         .context("reading the recording panicked")?
         .with_context(|| format!("cannot re-read {}", recording.display()))?;
-    let policy = Policy::from(cfg.policy);
-    let (mut kind, mut provenance) = ("none".to_string(), Provenance::Estimated);
-    let mut last: Option<WindowReport> = None;
     for entry in &existing.entries {
-        source_of(entry, &mut kind, &mut provenance);
-        if let Some(w) = engine.push(entry).pop() {
-            last = Some(w);
-        }
+        ledger.push(entry);
     }
     let stats = bridge.stats();
-    let view = move |engine: &Engine, last: Option<&WindowReport>, kind: &str, p: Provenance| {
-        Arc::new(MetricsView::from_ledger(
-            engine.ledger(),
-            engine.quality(),
-            last,
-            kind,
-            p,
-            policy,
-        ))
-    };
-    let (tx, rx) = watch::channel(view(&engine, last.as_ref(), &kind, provenance));
+    let (tx, rx) = watch::channel(Arc::new(ledger.view()));
     let (entry_tx, mut entry_rx) = mpsc::channel::<Arc<RecordEntry>>(ENGINE_QUEUE);
     bridge.add_lossless_observer(entry_tx);
 
@@ -162,7 +134,6 @@ pub async fn attach(
     let engine_task = tokio::spawn(async move {
         // Ends when the recorder drops its senders (bridge shutdown).
         while let Some(entry) = entry_rx.recv().await {
-            source_of(&entry, &mut kind, &mut provenance);
             match entry.as_ref() {
                 RecordEntry::Guest { message, .. } => {
                     stats.frames_received.fetch_add(1, Ordering::Relaxed);
@@ -179,10 +150,9 @@ pub async fn attach(
                 }
                 _ => {}
             }
-            let closed = engine.push(&entry);
-            if let Some(w) = closed.into_iter().last() {
+            if ledger.push(&entry) {
                 // Receivers may all be gone (no metrics server): nothing to do then.
-                if tx.send(view(&engine, Some(&w), &kind, provenance)).is_err() {
+                if tx.send(Arc::new(ledger.view())).is_err() {
                     tracing::debug!("No metrics reader; view not published.");
                 }
             }
@@ -220,7 +190,7 @@ impl LiveAttribution {
 /// # Errors
 /// As [`Bridge::bind`], [`attach`] and [`Bridge::run`].
 pub async fn serve(
-    config: crate::config::Config,
+    config: Config,
     metrics: Option<MetricsBind>,
     cfg: PipelineConfig,
     shutdown: impl Future<Output = ()>,

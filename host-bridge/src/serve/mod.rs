@@ -1,4 +1,9 @@
-//! `serve`: accept agents, read host power, record everything.
+//! `serve`: accept agents, read host power, record everything, attribute live.
+//!
+//! - this module: [`Bridge`], the listeners, the recorder and the power task wired together;
+//! - `power`: the power task (source selection and its entries in the journal);
+//! - [`live`]: the engine fed with every recorded entry, its view published to `/metrics` and
+//!   the live table; [`live::serve`] is the whole `serve` command.
 //!
 //! ```text
 //! listeners (tcp/unix/vsock) ─► connection tasks ─┐
@@ -24,18 +29,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
+
+pub mod live;
+mod power;
 
 use crate::config::Config;
-use crate::recording::RecordEntry;
-use crate::sinks::prometheus::BridgeStats;
-use crate::sinks::recorder::{Observers, Record, Recorder, RecorderHandle, RecorderStats};
+use crate::journal::RecordEntry;
+use crate::journal::recorder::{Observers, Recorder, RecorderStats};
 use crate::sources::guest::connection::ConnectionContext;
 use crate::sources::guest::listener::{self, GuestListener};
-use crate::sources::power::{
-    MonoClock, PowerConfig, PowerEvent, PowerOutputs, PowerSourceKind, Provenance,
-    RaplAvailability, SelectError, SourceChoice, rapl, run_power,
-};
+use crate::sources::guest::stats::BridgeStats;
+use power::{check_power, power_loop};
 
 /// A bridge with its listeners bound and its recording open, not yet serving.
 #[derive(Debug)]
@@ -104,10 +109,7 @@ impl Bridge {
 
     /// Add a consumer that must see every recorded entry (overflow policy: it back-pressures
     /// the recorder).
-    pub fn add_lossless_observer(
-        &mut self,
-        tx: tokio::sync::mpsc::Sender<Arc<crate::recording::RecordEntry>>,
-    ) {
+    pub fn add_lossless_observer(&mut self, tx: tokio::sync::mpsc::Sender<Arc<RecordEntry>>) {
         self.observers.lossless.push(tx);
     }
 
@@ -213,79 +215,4 @@ impl Bridge {
         info!("Bridge stopped.");
         Ok(())
     }
-}
-
-/// Bounded queue between the power source and its forwarder. Overflow policy: the source
-/// `send().await`s (see [`PowerOutputs`]); samples come at most a few per second.
-const POWER_QUEUE: usize = 64;
-
-/// Refuse at start what cannot run: RAPL named explicitly but unreadable (the error says why
-/// and what to do). Auto-selection falls back instead, in [`run_power`].
-fn check_power(power: &PowerConfig) -> anyhow::Result<()> {
-    if power.choice == SourceChoice::Rapl {
-        let reason = match rapl::probe(&power.powercap_root) {
-            RaplAvailability::Readable => return Ok(()),
-            RaplAvailability::Unreadable(reason) => reason,
-            RaplAvailability::Absent => format!(
-                "no intel-rapl zones under {}",
-                power.powercap_root.display()
-            ),
-        };
-        return Err(anyhow::Error::new(SelectError::RaplUnavailable { reason })
-            .context("--power rapl cannot be used; try --power auto or --power estimate"));
-    }
-    Ok(())
-}
-
-/// Run the power source and record what it produces: samples as [`RecordEntry::Power`], the
-/// selection as [`RecordEntry::PowerSource`], gaps as [`RecordEntry::PowerGap`] (other events
-/// are logged where they are emitted).
-///
-/// # Errors
-/// The power source failed (its error chain says why).
-async fn power_loop(
-    power: PowerConfig,
-    recorder: RecorderHandle,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let (out, mut samples, mut events) = PowerOutputs::channel(POWER_QUEUE);
-    let source = tokio::spawn(run_power(power, MonoClock::new(), out, cancel));
-    loop {
-        // Events first: the selection is sent before any sample and must be recorded first.
-        let entry = tokio::select! {
-            biased;
-            Some(event) = events.recv() => match event {
-                PowerEvent::SourceSelected { kind, reason } => {
-                    info!(source = %kind, %reason, "Host power source running.");
-                    RecordEntry::PowerSource {
-                        kind: kind.as_str().to_string(),
-                        reason,
-                        provenance: if kind == PowerSourceKind::Estimate {
-                            Provenance::Estimated
-                        } else {
-                            Provenance::Measured
-                        },
-                    }
-                }
-                PowerEvent::Gap { from, to, reason } => RecordEntry::PowerGap { from, to, reason },
-                _ => continue,
-            },
-            Some(sample) = samples.recv() => RecordEntry::Power(sample),
-            else => break,
-        };
-        let record = Record {
-            entry,
-            origin: None,
-        };
-        if recorder.record(record).await.is_err() {
-            warn!("Recorder stopped; host power is no longer recorded.");
-            break;
-        }
-    }
-    // Closing the receivers stops a source still sending (the recorder is gone).
-    drop((samples, events));
-    source
-        .await
-        .context("power source panicked")?
-        .context("host power source failed")
 }
